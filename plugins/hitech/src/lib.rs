@@ -1,0 +1,68 @@
+//! HiTech AMRs (via HiveMQ) to canonical positions: `hitech/amr/{id}/position`, nested
+//! `position{x,y,z}` in millimetres. A message without a position is an error, never (0, 0).
+
+use edge_plugin_sdk::json::{Obj, parse_object};
+use edge_plugin_sdk::{
+    Message, Plugin, PluginInfo, Translation, battery_percent, check_option_names, malformed, position, topic_levels,
+};
+
+struct HiTech;
+
+impl Plugin for HiTech {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "hitech".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            vendor: "HiTech".into(),
+            description: "HiTech AMR position messages (millimetres, epoch ms) to positions".into(),
+            default_topics: vec!["hitech/amr/+/position".into()],
+            options: vec![],
+        }
+    }
+
+    fn configure(options: Vec<(String, String)>) -> Result<(), String> {
+        check_option_names(&options, &[])
+    }
+
+    fn translate(msg: Message) -> Translation {
+        let topic_id = match topic_levels(&msg.topic).as_slice() {
+            ["hitech", "amr", id, "position"] => Some(id.to_string()),
+            ["hitech", "amr", _, _] => return Ok(Vec::new()), // battery, status: no position
+            _ if msg.topic.starts_with("hitech/") => return Ok(Vec::new()),
+            _ => None,
+        };
+        let map = parse_object(&msg.payload)?;
+        let doc = Obj::root(&map);
+        let device = match (doc.str("device_id")?, topic_id) {
+            (Some(id), _) if !id.is_empty() => id.to_string(),
+            (_, Some(id)) if !id.is_empty() => id,
+            _ => return Err(malformed("device_id: missing (and the topic names no device)")),
+        };
+        let pos = doc
+            .obj("position")?
+            .ok_or_else(|| malformed("position: missing (a HiTech message needs position {x, y} in millimetres)"))?;
+        let mm = |key: &str| pos.req_coordinate(key).map(|v| v / 1000.0);
+        let z = if pos.has("z") { mm("z")? } else { 0.0 };
+        let mut p = position(device, mm("x")?, mm("y")?, z);
+        p.timestamp_ms = doc.timestamp_ms("timestamp", None)?;
+        p.battery_percent = battery_percent(doc.num("battery")?);
+        p.speed_mps = doc.num("speed")?.map(|mm_per_s| mm_per_s / 1000.0);
+        if let Some(status) = doc.str("status")? {
+            let status = status.to_ascii_lowercase();
+            p.moving = match status.as_str() {
+                "moving" => Some(true),
+                "idle" | "charging" | "stopped" | "error" => Some(false),
+                _ => None,
+            };
+            p.status = Some(status);
+        }
+        for key in ["mac_address", "sector_id"] {
+            if let Some(text) = doc.text(key) {
+                p.attributes.push((key.to_string(), text));
+            }
+        }
+        Ok(vec![p])
+    }
+}
+
+edge_plugin_sdk::export!(HiTech);

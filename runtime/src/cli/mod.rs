@@ -1,0 +1,71 @@
+//! The `edge` command line: global options, logging set-up and dispatch to subcommands.
+//! Each subcommand lives in its own file and returns an exit code.
+
+mod plugin;
+mod scaffold;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "edge", version, about = "WASM-pluggable edge runtime: robot fleets over MQTT to Twinzo")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "EDGE_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Where compiled plugins are cached (default: $XDG_CACHE_HOME/edge or ~/.cache/edge).
+    #[arg(long, global = true, env = "EDGE_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile plugins afresh and cache nothing.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Test, inspect and create plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let cache_dir = if cli.no_cache { None } else { cli.cache_dir.clone().or_else(default_cache_dir) };
+    let result = match cli.command {
+        Command::Plugin(cmd) => plugin::run(cmd, cache_dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("edge").join("components"))
+}

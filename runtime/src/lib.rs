@@ -1,0 +1,9 @@
+//! edge: one process per plant that reads robot telemetry from MQTT, translates each vendor's
+//! format with a sandboxed WebAssembly plugin, and posts canonical positions to Twinzo.
+//!
+//! Modules follow the data flow: [`plugin`] (WASM host) → [`model`] (types shared by stages);
+//! [`cli`] wires them into the `edge` binary.
+
+pub mod cli;
+pub mod model;
+pub mod plugin;

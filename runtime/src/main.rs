@@ -1,0 +1,5 @@
+//! The `edge` binary: parses the command line and hands over to `edge::cli`.
+
+fn main() -> std::process::ExitCode {
+    edge::cli::main()
+}

@@ -1,0 +1,231 @@
+//! One wasmtime engine per process: compiles plugin files (through the disk cache), checks
+//! them against the contract, and hands out [`LoadedPlugin`]s that instantiate cheaply.
+
+use super::bindings::{VendorPlugin, VendorPluginPre};
+use super::cache::{CacheOutcome, ComponentCache, sha256_hex};
+use super::contract::{ComponentSummary, ContractProblem};
+use super::error::LoadError;
+use super::instance::PluginInstance;
+use super::sandbox::{HostState, SandboxLimits};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, Store};
+
+/// How often the epoch ticker advances; call deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The process-wide plugin engine. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginEngine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: ComponentCache,
+    limits: SandboxLimits,
+}
+
+impl PluginEngine {
+    /// An engine with these limits, caching compiled plugins in `cache_dir` when given.
+    pub fn new(limits: SandboxLimits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true).max_wasm_stack(limits.max_wasm_stack);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+        VendorPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(|e| anyhow::anyhow!("linking the edge:plugin host interface: {e}"))?;
+        start_epoch_ticker(&engine);
+        Ok(PluginEngine {
+            inner: Arc::new(EngineInner { engine, linker, cache: ComponentCache::new(cache_dir), limits }),
+        })
+    }
+
+    pub fn limits(&self) -> &SandboxLimits {
+        &self.inner.limits
+    }
+
+    /// Reads, compiles and checks the plugin at `path`: it must implement a compatible
+    /// contract, instantiate in the sandbox, describe itself and accept `options`.
+    /// Blocking (disk and cranelift): call it from a blocking thread.
+    pub fn load(
+        &self,
+        path: &Path,
+        options: &[(String, String)],
+        pinned_sha256: Option<&str>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let wasm = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        self.load_bytes(path, &wasm, options, pinned_sha256)
+    }
+
+    /// As [`load`](Self::load), with the file's bytes already read; `path` names it in errors.
+    pub fn load_bytes(
+        &self,
+        path: &Path,
+        wasm: &[u8],
+        options: &[(String, String)],
+        pinned_sha256: Option<&str>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let digest = sha256_hex(wasm);
+        if let Some(expected) = pinned_sha256.filter(|e| !e.eq_ignore_ascii_case(&digest)) {
+            return Err(LoadError::DigestMismatch { path: path.into(), expected: expected.into(), found: digest });
+        }
+        if !wasm.starts_with(b"\0asm") {
+            return Err(LoadError::NotAComponent {
+                path: path.into(),
+                reason: "it does not start with the wasm magic bytes".into(),
+            });
+        }
+        let started = Instant::now();
+        let (component, cache) = self
+            .inner
+            .cache
+            .load_or_compile(&self.inner.engine, wasm, &digest)
+            .map_err(|e| LoadError::NotAComponent { path: path.into(), reason: format!("{e:#}") })?;
+        let compile_time = started.elapsed();
+        let summary = ComponentSummary::of(&component, &self.inner.engine);
+        let contract = summary.contract_version().map_err(|problem| match problem {
+            ContractProblem::NoTranslator(reason) => LoadError::NotAPlugin { path: path.into(), reason },
+            ContractProblem::Incompatible { found, accepted } => {
+                LoadError::IncompatibleContract { path: path.into(), found, accepted }
+            }
+        })?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .and_then(VendorPluginPre::new)
+            .map_err(|e| LoadError::Link { path: path.into(), reason: format!("{e:#}") })?;
+        let mut plugin = LoadedPlugin {
+            path: path.into(),
+            sha256: digest,
+            contract,
+            summary,
+            info: PluginInfo::default(),
+            options: options.to_vec(),
+            cache,
+            compile_time,
+            pre,
+            engine: self.clone(),
+        };
+        plugin.info = plugin.describe()?;
+        let plugin = Arc::new(plugin);
+        // One configured instance proves the options are accepted before anyone relies on it.
+        PluginInstance::start(plugin.clone())?;
+        Ok(plugin)
+    }
+
+    pub(super) fn new_store(&self, plugin_name: Arc<str>) -> Store<HostState> {
+        let mut store = Store::new(&self.inner.engine, HostState::new(plugin_name, &self.inner.limits));
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Epoch ticks that make up one call's CPU deadline (rounded up, plus the tick in progress).
+    pub(super) fn deadline_ticks(&self) -> u64 {
+        (self.inner.limits.call_timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64) + 1
+    }
+}
+
+// One thread for the process advances the engine's epoch; it ends with the engine.
+fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("edge-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .expect("spawning the epoch ticker thread");
+}
+
+/// What a plugin says about itself (`describe`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub vendor: String,
+    pub description: String,
+    pub default_topics: Vec<String>,
+    pub options: Vec<PluginOption>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginOption {
+    pub name: String,
+    pub description: String,
+}
+
+/// A compiled, checked plugin. Instances are created from it per worker thread.
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    pub path: PathBuf,
+    pub sha256: String,
+    /// The `edge:plugin` version it was built against.
+    pub contract: String,
+    pub summary: ComponentSummary,
+    pub info: PluginInfo,
+    pub options: Vec<(String, String)>,
+    pub cache: CacheOutcome,
+    pub compile_time: Duration,
+    pub(super) pre: VendorPluginPre<HostState>,
+    pub(super) engine: PluginEngine,
+}
+
+impl LoadedPlugin {
+    /// A new configured instance.
+    pub fn instantiate(self: &Arc<Self>) -> Result<PluginInstance, LoadError> {
+        PluginInstance::start(self.clone())
+    }
+
+    /// The same compiled plugin with other options, checked by starting one instance.
+    pub fn with_options(&self, options: &[(String, String)]) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let plugin = Arc::new(LoadedPlugin { options: options.to_vec(), ..self.clone() });
+        PluginInstance::start(plugin.clone())?;
+        Ok(plugin)
+    }
+
+    fn describe(&self) -> Result<PluginInfo, LoadError> {
+        let label: Arc<str> =
+            self.path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "plugin".into());
+        let mut store = self.engine.new_store(label);
+        store.set_epoch_deadline(self.engine.deadline_ticks());
+        let start = |e: wasmtime::Error| LoadError::Start { path: self.path.clone(), reason: format!("{e:#}") };
+        let bindings = self.pre.instantiate(&mut store).map_err(start)?;
+        let info = bindings.edge_plugin_translator().call_describe(&mut store).map_err(start)?;
+        let info = PluginInfo {
+            options: info.options.into_iter().map(|(name, description)| PluginOption { name, description }).collect(),
+            name: info.name,
+            version: info.version,
+            vendor: info.vendor,
+            description: info.description,
+            default_topics: info.default_topics,
+        };
+        if info.name.trim().is_empty() {
+            return Err(LoadError::Start {
+                path: self.path.clone(),
+                reason: "describe() returned an empty name".into(),
+            });
+        }
+        Ok(info)
+    }
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("path", &self.path)
+            .field("name", &self.info.name)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
