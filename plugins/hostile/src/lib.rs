@@ -1,5 +1,6 @@
 //! A deliberately misbehaving plugin for the host's sandbox tests; never deploy it.
-//! The payload text picks the misbehaviour: loop, alloc, recurse, panic, huge:N, log:N, nan, ok.
+//! The payload text picks the misbehaviour: loop, alloc, recurse, panic, huge:N, log:N, nan,
+//! ok, or an escape attempt (fs, env) that reports what it could reach.
 
 use edge_plugin_sdk::{Level, Message, Plugin, PluginInfo, Translation, log, malformed, position};
 use std::hint::black_box;
@@ -45,9 +46,21 @@ impl Plugin for Hostile {
             }
             "nan" => Ok(vec![position("nan", f64::NAN, 0.0, 0.0)]),
             "ok" => Ok(vec![position("hostile-1", 1.0, 2.0, 0.0)]),
+            "fs" => Ok(vec![reach("fs", std::fs::read_to_string("/etc/passwd").map(|s| s.len()).map_err(|e| e.to_string()))]),
+            "env" => Ok(vec![reach("env", Ok::<usize, String>(std::env::vars().count()))]),
             other => Err(malformed(format!("unknown misbehaviour `{other}`"))),
         }
     }
+}
+
+/// A position whose attributes say what an escape attempt reached.
+fn reach(what: &str, outcome: Result<usize, String>) -> edge_plugin_sdk::Position {
+    let mut p = position(what, 0.0, 0.0, 0.0);
+    p.attributes.push(match outcome {
+        Ok(n) => ("reached".into(), n.to_string()),
+        Err(e) => ("denied".into(), e),
+    });
+    p
 }
 
 fn spin() -> Translation {

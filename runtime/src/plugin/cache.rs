@@ -44,10 +44,12 @@ impl ComponentCache {
         let Some(path) = self.entry(engine, digest) else {
             return Ok((Component::new(engine, wasm)?, CacheOutcome::Compiled));
         };
-        if path.exists() {
+        if let Ok(compiled) = std::fs::read(&path) {
+            // Read into memory rather than `deserialize_file`, which maps the file: a cache
+            // file truncated under a running process would then crash it with SIGBUS.
             // SAFETY: entries are written only by `store` below, into a directory only this
             // user can write, and are named by the engine's compatibility hash.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            match unsafe { Component::deserialize(engine, &compiled) } {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "discarding unreadable compiled-plugin cache entry");

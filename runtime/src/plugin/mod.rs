@@ -13,7 +13,7 @@ pub mod fixtures;
 mod instance;
 mod sandbox;
 
-pub use cache::CacheOutcome;
+pub use cache::{CacheOutcome, sha256_hex};
 pub use contract::{CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentSummary};
 pub use engine::{LoadedPlugin, PluginEngine, PluginInfo};
 pub use error::{CallError, LoadError};

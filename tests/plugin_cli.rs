@@ -1,0 +1,146 @@
+//! `edge plugin test | inspect | new` through the real binary: exit codes, output formats,
+//! diffs on failure, and a scaffolded plugin that builds and passes its fixtures unchanged.
+
+mod support;
+
+use std::process::Output;
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn fixture_folder_passes_with_a_line_per_case() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = support::edge(cache.path())
+        .args(["plugin", "test", "plugins/dist/hitech.wasm", "plugins/hitech/fixtures"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(stdout.contains("PASS plugins/hitech/fixtures/flat-xy"), "{stdout}");
+    assert!(stdout.contains("plugins/hitech/fixtures: 10 passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn failing_case_prints_the_difference_and_exits_1() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let src = support::repo().join("plugins/hitech/fixtures");
+    for file in ["full.payload.json", "full.expected.json", "bare-minimum.payload.json", "bare-minimum.expected.json"] {
+        std::fs::copy(src.join(file), dir.path().join(file)).unwrap();
+    }
+    let expected = dir.path().join("full.expected.json");
+    let edited = std::fs::read_to_string(&expected).unwrap().replace("\"x\": 150.0", "\"x\": 151.0");
+    std::fs::write(&expected, edited).unwrap();
+    let out = support::edge(cache.path()).args(["plugin", "test", "plugins/dist/hitech.wasm"]).arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stdout.contains("FAIL") && stdout.contains("positions[0].x: expected 151, got 150"), "{stdout}");
+    assert!(stdout.contains("PASS") && stdout.contains("1 passed, 1 failed"), "{stdout}");
+}
+
+#[test]
+fn payload_file_prints_positions_as_json() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = support::edge(cache.path())
+        .args(["plugin", "test", "plugins/dist/ati-sherpa.wasm", "plugins/ati-sherpa/fixtures/live-full.payload.json"])
+        .args(["--topic", "ati_fm/sherpa/status", "--config", "timestamp_offset=+05:30"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &json["positions"][0];
+    assert_eq!(p["device_id"], "tug-55-tvsmotor-hosur-09");
+    assert_eq!(p["timestamp_ms"], 1_764_575_512_000u64);
+    assert_eq!(p["battery_percent"], 95.0);
+    assert_eq!(json["topic"], "ati_fm/sherpa/status");
+}
+
+#[test]
+fn malformed_payload_prints_the_error_and_exits_1() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = support::edge(cache.path())
+        .args(["plugin", "test", "plugins/dist/hitech.wasm", "plugins/hitech/fixtures/flat-xy.payload.json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["error"]["kind"], "malformed");
+    assert!(json["error"]["message"].as_str().unwrap().contains("position: missing"));
+}
+
+#[test]
+fn broken_plugin_file_is_a_clear_error_with_exit_2() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"not wasm").unwrap();
+    let out = support::edge(cache.path()).args(["plugin", "test"]).arg(&broken).arg("README.md").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("broken.wasm is not a WebAssembly component"), "{}", text(&out));
+}
+
+#[test]
+fn inspect_reports_contract_topics_and_imports() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = support::edge(cache.path()).args(["plugin", "inspect", "--json", "plugins/dist/vda5050.wasm"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["contract"], "edge:plugin@1.0.0");
+    assert_eq!(json["plugin"]["name"], "vda5050");
+    assert_eq!(json["plugin"]["default_topics"][0], "+/+/+/+/state");
+    assert!(json["imports"].as_array().unwrap().iter().any(|i| i.as_str().unwrap().starts_with("wasi:")));
+    assert_eq!(json["sha256"].as_str().unwrap().len(), 64);
+    // The second inspect comes from the on-disk cache.
+    let again = support::edge(cache.path()).args(["plugin", "inspect", "--json", "plugins/dist/vda5050.wasm"]).output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(json["compile"]["source"], "hit");
+}
+
+#[test]
+fn new_plugin_builds_and_passes_its_fixtures_unchanged() {
+    let cache = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let workspace = work.path().join("plugins");
+    copy_tree(&support::repo().join("plugins"), &workspace);
+    copy_tree(&support::repo().join("wit"), &work.path().join("wit"));
+
+    let out = support::edge(cache.path()).args(["plugin", "new", "acme-agv", "--workspace"]).arg(&workspace).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // Reuse the repository's plugin target directory: the wasm std is built once.
+    let build = std::process::Command::new(support::repo().join("scripts/build-plugins"))
+        .arg(&workspace)
+        .env("CARGO_TARGET_DIR", support::repo().join("plugins/target"))
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", text(&build));
+    let test = support::edge(cache.path())
+        .args(["plugin", "test"])
+        .arg(workspace.join("dist/acme-agv.wasm"))
+        .arg(workspace.join("acme-agv/fixtures"))
+        .output()
+        .unwrap();
+    assert!(test.status.success(), "{}", text(&test));
+    assert!(String::from_utf8_lossy(&test.stdout).contains("2 passed, 0 failed"), "{}", text(&test));
+
+    let again = support::edge(cache.path()).args(["plugin", "new", "acme-agv", "--workspace"]).arg(&workspace).output().unwrap();
+    assert_eq!(again.status.code(), Some(2), "creating it twice must fail");
+    assert!(text(&again).contains("already exists"));
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == "target" || name == "dist" {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &to.join(&name));
+        } else {
+            std::fs::copy(entry.path(), to.join(&name)).unwrap();
+        }
+    }
+}

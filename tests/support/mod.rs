@@ -1,0 +1,24 @@
+//! Shared helpers for the integration tests: where the repository, the built plugins and
+//! the `edge` binary are. Plugins must be built first (`scripts/build-plugins`; `scripts/test` does it).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("runtime/ sits in the repository").to_path_buf()
+}
+
+/// A built plugin component from plugins/dist/.
+pub fn plugin(name: &str) -> PathBuf {
+    let path = repo().join("plugins/dist").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run scripts/build-plugins first", path.display());
+    path
+}
+
+/// The `edge` binary, with a private compiled-plugin cache so tests do not share state.
+pub fn edge(cache: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
+    cmd.env("EDGE_CACHE_DIR", cache).env_remove("EDGE_LOG").current_dir(repo());
+    cmd
+}
