@@ -4,6 +4,10 @@
 //! Modules follow the data flow: [`plugin`] (WASM host) → [`model`] (types shared by stages);
 //! [`cli`] wires them into the `edge` binary.
 
+pub mod backoff;
 pub mod cli;
+pub mod config;
 pub mod model;
+pub mod pipeline;
 pub mod plugin;
+pub mod sink;

@@ -45,3 +45,25 @@ pub struct Message {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// One position as Twinzo's `POST /v3/localization` takes it: sector millimetres, exact
+/// wire field names. `Battery` is left out when unknown, never invented.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TwinzoLocation {
+    /// Epoch milliseconds.
+    pub timestamp: u64,
+    pub sector_id: i64,
+    pub x: f64,
+    pub y: f64,
+    pub z: f64,
+    /// Milliseconds to this device's next expected update.
+    pub interval: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub battery: Option<u8>,
+    pub is_moving: bool,
+    #[serde(default)]
+    pub localization_areas: Vec<i64>,
+    #[serde(default)]
+    pub no_go_areas: Vec<i64>,
+}

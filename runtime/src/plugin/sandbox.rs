@@ -153,7 +153,7 @@ impl RateLimitedLog {
 }
 
 /// Escapes control characters (so a plugin cannot forge log lines) and truncates.
-pub(crate) fn sanitize(text: &str, max_bytes: usize) -> String {
+pub fn sanitize(text: &str, max_bytes: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max_bytes));
     for c in text.chars() {
         if out.len() >= max_bytes {

@@ -1,0 +1,499 @@
+//! The typed `edge.yaml`: sources (MQTT + plugin + transform), plants (Twinzo or dry-run,
+//! devices, motion, batching), the embedded broker, the simulator and the HTTP endpoint.
+//!
+//! Loading collects every problem with its key path (`plants[1].devices["tug-133"].sector`)
+//! instead of stopping at the first; see [`load`]. `edge check` prints the result.
+
+mod interpolate;
+mod secret;
+mod text;
+mod validate;
+
+pub use secret::Secret;
+
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A whole, valid configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where spool and compiled-plugin cache live (relative paths resolve against the
+    /// config file's folder, as do all paths).
+    pub state_dir: PathBuf,
+    pub http: HttpConfig,
+    /// How often the one-line summary is logged.
+    pub summary_interval: Duration,
+    pub sandbox: SandboxConfig,
+    pub embedded_broker: Option<EmbeddedBrokerConfig>,
+    pub simulator: Option<SimulatorConfig>,
+    pub sources: Vec<SourceConfig>,
+    pub plants: Vec<PlantConfig>,
+}
+
+impl Config {
+    pub fn plant(&self, name: &str) -> Option<&PlantConfig> {
+        self.plants.iter().find(|p| p.name == name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopLevel {
+    #[serde(default = "defaults::state_dir")]
+    state_dir: PathBuf,
+    #[serde(default)]
+    http: HttpConfig,
+    #[serde(default = "defaults::summary_interval_s")]
+    summary_interval_s: u64,
+    #[serde(default)]
+    sandbox: SandboxConfig,
+    embedded_broker: Option<EmbeddedBrokerConfig>,
+    simulator: Option<SimulatorConfig>,
+    #[serde(default)]
+    sources: Vec<Value>,
+    #[serde(default)]
+    plants: Vec<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of /healthz, /readyz and /metrics; localhost unless you mean otherwise.
+    #[serde(default = "defaults::http_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: defaults::http_listen() }
+    }
+}
+
+/// Limits for every plugin instance.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    #[serde(default = "defaults::memory_mb")]
+    pub memory_mb: usize,
+    #[serde(default = "defaults::call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    #[serde(default = "defaults::max_positions")]
+    pub max_positions_per_message: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            memory_mb: defaults::memory_mb(),
+            call_timeout_ms: defaults::call_timeout_ms(),
+            max_positions_per_message: defaults::max_positions(),
+        }
+    }
+}
+
+/// An MQTT broker inside the edge process (rumqttd), for the default config and demos.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBrokerConfig {
+    /// MQTT 3.1.1 listener.
+    #[serde(default = "defaults::broker_listen")]
+    pub listen: SocketAddr,
+    /// Optional MQTT 5 listener.
+    pub listen_v5: Option<SocketAddr>,
+}
+
+/// The built-in fleet simulator, publishing to an MQTT broker.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorConfig {
+    /// `host:port` of the broker to publish to (default: the embedded broker).
+    pub broker: Option<String>,
+    /// Fleet name in the simulator's topics (`edge-sim/{fleet}/{robot}/state`).
+    #[serde(default = "defaults::fleet")]
+    pub fleet: String,
+    /// Messages per second per robot.
+    #[serde(default = "defaults::rate_hz")]
+    pub rate_hz: f64,
+    /// Which formats to publish: `edge-sim` and/or `ati` (to `ati/amr/{robot}/status`).
+    #[serde(default = "defaults::sim_formats")]
+    pub formats: Vec<SimFormat>,
+    #[serde(default = "defaults::sim_robots")]
+    pub robots: Vec<SimRobot>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SimFormat {
+    EdgeSim,
+    Ati,
+}
+
+/// One simulated robot driving a closed path.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimRobot {
+    pub name: String,
+    /// Battery at start, percent; it drains slowly.
+    pub battery: f64,
+    /// Metres per second along the path.
+    #[serde(default = "defaults::sim_speed")]
+    pub speed_mps: f64,
+    pub path: SimPath,
+}
+
+/// A closed path in the simulator's frame, metres.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum SimPath {
+    Loop { center: [f64; 2], radius: f64 },
+    Rectangle { corner: [f64; 2], width: f64, height: f64 },
+    Line { from: [f64; 2], to: [f64; 2] },
+}
+
+/// One MQTT connection, the plugin that reads it, and the plant it feeds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub name: String,
+    pub mqtt: MqttConfig,
+    pub plugin: PluginRef,
+    /// The plant (by name) its positions go to.
+    pub plant: String,
+    /// Vendor map metres to the plant's sector millimetres.
+    pub transform: TransformConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    #[serde(default = "defaults::localhost")]
+    pub host: String,
+    /// Default 1883, or 8883 with TLS.
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub protocol: MqttProtocol,
+    /// Default `edge-{source name}`. Some brokers (ATI) require it to equal the username.
+    pub client_id: Option<String>,
+    #[serde(default, deserialize_with = "text::optional_string_or_number")]
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub tls: Option<TlsConfig>,
+    /// Subscription QoS; 1 unless the broker needs otherwise (ATI refuses 0).
+    #[serde(default = "defaults::qos")]
+    pub qos: u8,
+    /// Topic filters; default: the plugin's own default topics.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    #[serde(default = "defaults::keep_alive_s")]
+    pub keep_alive_s: u64,
+    /// Largest MQTT packet accepted (VDA 5050 orders can be large).
+    #[serde(default = "defaults::max_packet_bytes")]
+    pub max_packet_bytes: usize,
+    #[serde(default = "defaults::yes")]
+    pub clean_start: bool,
+    /// MQTT 5 session expiry; 0 ends the session with the connection.
+    #[serde(default)]
+    pub session_expiry_s: u32,
+}
+
+impl MqttConfig {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.tls.is_some() { 8883 } else { 1883 })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum MqttProtocol {
+    #[default]
+    #[serde(rename = "3.1.1", alias = "v3.1.1", alias = "4")]
+    V311,
+    #[serde(rename = "5", alias = "v5", alias = "5.0")]
+    V5,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA bundle (PEM) to verify the broker; default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for brokers that want them.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Accept any server certificate. Only for brokers whose certificate cannot be
+    /// verified (logged loudly at every connect).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginRef {
+    pub path: PathBuf,
+    /// Load the file only if its sha256 is this (hex).
+    pub sha256: Option<String>,
+    #[serde(default, deserialize_with = "text::string_map")]
+    pub options: BTreeMap<String, String>,
+}
+
+impl PluginRef {
+    pub fn options(&self) -> Vec<(String, String)> {
+        self.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// `X = a·x + b·y + tx`, `Y = c·x + d·y + ty` (metres in, millimetres out); `Z = z_scale·z`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// `[a, b, c, d, tx, ty]`
+    pub affine: [f64; 6],
+    #[serde(default = "defaults::z_scale")]
+    pub z_scale: f64,
+}
+
+/// One Twinzo branch (or a dry run) and the devices posted to it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlantConfig {
+    pub name: String,
+    pub twinzo: Option<TwinzoConfig>,
+    /// Log what would be posted instead of posting.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Vendor robot id → Twinzo device.
+    #[serde(default, skip_deserializing)]
+    pub devices: BTreeMap<String, DeviceConfig>,
+    #[serde(default)]
+    pub motion: MotionConfig,
+    #[serde(default)]
+    pub batching: BatchingConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwinzoConfig {
+    #[serde(default = "defaults::twinzo_url")]
+    pub base_url: String,
+    /// Tenant name (`client` in the authenticate call).
+    pub client: String,
+    pub api_key: Secret,
+    /// The branch GUID every device of this plant must belong to.
+    pub branch: String,
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Twinzo device login (default: the robot id).
+    #[serde(default, deserialize_with = "text::optional_string_or_number")]
+    pub login: Option<String>,
+    pub password: Option<Secret>,
+    /// Twinzo's integer sector id (not its GUID).
+    pub sector: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MotionConfig {
+    /// Moving when the device moved more than this over the window.
+    #[serde(default = "defaults::threshold_mm")]
+    pub threshold_mm: f64,
+    #[serde(default = "defaults::window_ms")]
+    pub window_ms: u64,
+}
+
+impl Default for MotionConfig {
+    fn default() -> Self {
+        MotionConfig { threshold_mm: defaults::threshold_mm(), window_ms: defaults::window_ms() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Positions of one device are posted together at most this often.
+    #[serde(default = "defaults::flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    #[serde(default = "defaults::max_batch")]
+    pub max_batch: usize,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        BatchingConfig { flush_interval_ms: defaults::flush_interval_ms(), max_batch: defaults::max_batch() }
+    }
+}
+
+mod defaults {
+    use super::*;
+    pub fn state_dir() -> PathBuf {
+        ".edge".into()
+    }
+    pub fn summary_interval_s() -> u64 {
+        30
+    }
+    pub fn http_listen() -> SocketAddr {
+        ([127, 0, 0, 1], 9464).into()
+    }
+    pub fn broker_listen() -> SocketAddr {
+        ([127, 0, 0, 1], 1883).into()
+    }
+    pub fn memory_mb() -> usize {
+        64
+    }
+    pub fn call_timeout_ms() -> u64 {
+        100
+    }
+    pub fn max_positions() -> usize {
+        1000
+    }
+    pub fn fleet() -> String {
+        "default".into()
+    }
+    pub fn rate_hz() -> f64 {
+        10.0
+    }
+    pub fn sim_formats() -> Vec<SimFormat> {
+        vec![SimFormat::EdgeSim, SimFormat::Ati]
+    }
+    pub fn sim_speed() -> f64 {
+        1.2
+    }
+    pub fn sim_robots() -> Vec<SimRobot> {
+        vec![
+            SimRobot { name: "tugger-01".into(), battery: 79.0, speed_mps: 1.2, path: SimPath::Loop { center: [60.0, 60.0], radius: 25.0 } },
+            SimRobot {
+                name: "tugger-02".into(),
+                battery: 77.0,
+                speed_mps: 1.0,
+                path: SimPath::Rectangle { corner: [120.0, 30.0], width: 60.0, height: 40.0 },
+            },
+            SimRobot { name: "tugger-03".into(), battery: 75.0, speed_mps: 1.5, path: SimPath::Line { from: [20.0, 150.0], to: [200.0, 150.0] } },
+        ]
+    }
+    pub fn localhost() -> String {
+        "localhost".into()
+    }
+    pub fn qos() -> u8 {
+        1
+    }
+    pub fn keep_alive_s() -> u64 {
+        30
+    }
+    pub fn max_packet_bytes() -> usize {
+        1 << 20
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn z_scale() -> f64 {
+        1000.0
+    }
+    pub fn twinzo_url() -> String {
+        "https://api.platform.twinzo.com/v3".into()
+    }
+    pub fn request_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn threshold_mm() -> f64 {
+        250.0
+    }
+    pub fn window_ms() -> u64 {
+        2000
+    }
+    pub fn flush_interval_ms() -> u64 {
+        250
+    }
+    pub fn max_batch() -> usize {
+        100
+    }
+}
+
+/// One problem in the configuration, at a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { path: path.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
+    }
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(f, "{} has {n} problem{}:", self.file.display(), if n == 1 { "" } else { "s" })?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A loaded configuration and the things worth knowing that are not errors.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<ConfigError>,
+}
+
+/// Reads, interpolates and validates the configuration at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: path.into(),
+        errors: vec![ConfigError::new("", format!("cannot read the file: {e}"))],
+    })?;
+    let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    parse(&text, base, &|name| std::env::var(name).ok()).map_err(|errors| ConfigErrors { file: path.into(), errors })
+}
+
+/// Parses configuration text; relative paths resolve against `base`, `${VAR}` through `env`.
+pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<ConfigError>> {
+    let mut root: Value = serde_saphyr::from_str(text).map_err(|e| vec![ConfigError::new("", format!("not valid YAML: {e}"))])?;
+    if root.is_null() {
+        root = Value::Object(Default::default());
+    }
+    let mut errors = Vec::new();
+    interpolate::interpolate(&mut root, "", env, &mut errors);
+    let config = validate::build(root, base, &mut errors);
+    match config {
+        Some(config) if errors.is_empty() => {
+            let warnings = validate::warnings(&config);
+            Ok(Loaded { config, warnings })
+        }
+        _ => Err(errors),
+    }
+}
+
+/// `parent.key`, or `parent["key"]` when the key is not a plain identifier.
+pub(crate) fn join_key(parent: &str, key: &str) -> String {
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    match (parent.is_empty(), plain) {
+        (true, true) => key.to_string(),
+        (false, true) => format!("{parent}.{key}"),
+        (_, false) => format!("{parent}[{key:?}]"),
+    }
+}

@@ -1,0 +1,285 @@
+//! From a YAML value tree to a checked [`Config`]: each source, plant and device is read on
+//! its own so that one bad entry does not hide the problems of the others.
+
+use super::*;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap};
+
+pub(super) fn build(root: Value, base: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
+    let top: TopLevel = typed(root, "", errors)?;
+    let sources: Vec<SourceConfig> =
+        top.sources.into_iter().enumerate().filter_map(|(i, v)| typed(v, &format!("sources[{i}]"), errors)).collect();
+    let plants: Vec<PlantConfig> =
+        top.plants.into_iter().enumerate().filter_map(|(i, v)| plant(v, &format!("plants[{i}]"), errors)).collect();
+    let mut config = Config {
+        state_dir: base.join(&top.state_dir),
+        http: top.http,
+        summary_interval: Duration::from_secs(top.summary_interval_s.max(1)),
+        sandbox: top.sandbox,
+        embedded_broker: top.embedded_broker,
+        simulator: top.simulator,
+        sources,
+        plants,
+    };
+    resolve_paths(&mut config, base);
+    check(&config, errors);
+    Some(config)
+}
+
+/// Deserializes `value`, recording a failure with its full key path.
+fn typed<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<T> {
+    match serde_path_to_error::deserialize(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let mut at = path.to_string();
+            for segment in e.path().iter() {
+                at = match segment {
+                    serde_path_to_error::Segment::Seq { index } => format!("{at}[{index}]"),
+                    serde_path_to_error::Segment::Map { key } => join_key(&at, key),
+                    serde_path_to_error::Segment::Enum { variant } => join_key(&at, variant),
+                    serde_path_to_error::Segment::Unknown => at,
+                };
+            }
+            errors.push(ConfigError::new(at.clone(), redact_if_secret(&at, e.into_inner().to_string())));
+            None
+        }
+    }
+}
+
+/// serde quotes the offending value in its messages; never for a secret's key.
+fn redact_if_secret(path: &str, message: String) -> String {
+    let secret = ["password", "api_key", "token", "secret"].iter().any(|k| path.contains(k));
+    if !secret {
+        return message;
+    }
+    let mut out = String::new();
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"<redacted>");
+            }
+            quoted = !quoted;
+        }
+        if !quoted {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn plant(mut value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<PlantConfig> {
+    let devices = value.as_object_mut().and_then(|m| m.remove("devices"));
+    let mut plant: PlantConfig = typed(value, path, errors)?;
+    match devices {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(map)) => {
+            for (robot, device) in map {
+                let at = join_key(&format!("{path}.devices"), &robot);
+                if device.get("sector").is_some_and(Value::is_string) {
+                    errors.push(ConfigError::new(
+                        format!("{at}.sector"),
+                        "expected Twinzo's integer sector id, found text (Twinzo refuses a sector GUID)",
+                    ));
+                    continue;
+                }
+                if let Some(device) = typed::<DeviceConfig>(device, &at, errors) {
+                    plant.devices.insert(robot, device);
+                }
+            }
+        }
+        Some(_) => errors.push(ConfigError::new(format!("{path}.devices"), "expected a map of robot id to device")),
+    }
+    Some(plant)
+}
+
+fn resolve_paths(config: &mut Config, base: &Path) {
+    for source in &mut config.sources {
+        source.plugin.path = base.join(&source.plugin.path);
+        if let Some(tls) = &mut source.mqtt.tls {
+            for file in [&mut tls.ca_file, &mut tls.client_cert, &mut tls.client_key].into_iter().flatten() {
+                *file = base.join(&*file);
+            }
+        }
+    }
+}
+
+fn check(config: &Config, errors: &mut Vec<ConfigError>) {
+    let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
+    unique_names(config.sources.iter().map(|s| s.name.as_str()), "sources", &mut err);
+    unique_names(config.plants.iter().map(|p| p.name.as_str()), "plants", &mut err);
+    for (i, source) in config.sources.iter().enumerate() {
+        check_source(config, source, &format!("sources[{i}]"), &mut err);
+    }
+    for (i, plant) in config.plants.iter().enumerate() {
+        check_plant(plant, &format!("plants[{i}]"), &mut err);
+    }
+    let s = &config.sandbox;
+    if s.memory_mb == 0 || s.call_timeout_ms == 0 || s.max_positions_per_message == 0 {
+        err("sandbox".into(), "memory_mb, call_timeout_ms and max_positions_per_message must be above 0".into());
+    }
+    if let Some(sim) = &config.simulator {
+        if !(sim.rate_hz > 0.0 && sim.rate_hz <= 100.0) {
+            err("simulator.rate_hz".into(), format!("{} is not between 0 and 100", sim.rate_hz));
+        }
+        if sim.broker.is_none() && config.embedded_broker.is_none() {
+            err("simulator.broker".into(), "missing (and there is no embedded_broker to default to)".into());
+        }
+        unique_names(sim.robots.iter().map(|r| r.name.as_str()), "simulator.robots", &mut err);
+    }
+}
+
+fn unique_names<'a>(names: impl Iterator<Item = &'a str>, list: &str, err: &mut impl FnMut(String, String)) {
+    let mut seen = HashMap::new();
+    for (i, name) in names.enumerate() {
+        if name.trim().is_empty() {
+            err(format!("{list}[{i}].name"), "must not be empty".into());
+        } else if let Some(first) = seen.insert(name, i) {
+            err(format!("{list}[{i}].name"), format!("`{name}` is already the name of {list}[{first}]"));
+        }
+    }
+}
+
+fn check_source(config: &Config, source: &SourceConfig, path: &str, err: &mut impl FnMut(String, String)) {
+    if config.plant(&source.plant).is_none() {
+        let known: Vec<&str> = config.plants.iter().map(|p| p.name.as_str()).collect();
+        err(format!("{path}.plant"), format!("no plant is named `{}` (plants: {})", source.plant, known.join(", ")));
+    }
+    let mqtt = &source.mqtt;
+    if mqtt.qos > 2 {
+        err(format!("{path}.mqtt.qos"), format!("{} is not an MQTT QoS (0, 1 or 2)", mqtt.qos));
+    }
+    for (i, topic) in mqtt.topics.iter().enumerate() {
+        if let Err(why) = check_topic_filter(topic) {
+            err(format!("{path}.mqtt.topics[{i}]"), why);
+        }
+    }
+    if mqtt.host.trim().is_empty() {
+        err(format!("{path}.mqtt.host"), "must not be empty".into());
+    }
+    if mqtt.password.is_some() && mqtt.username.is_none() {
+        err(format!("{path}.mqtt.password"), "a password needs a username".into());
+    }
+    if !(1024..=256 << 20).contains(&mqtt.max_packet_bytes) {
+        err(format!("{path}.mqtt.max_packet_bytes"), "must be between 1 KiB and 256 MiB".into());
+    }
+    if let Some(tls) = &mqtt.tls {
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            err(format!("{path}.mqtt.tls"), "client_cert and client_key go together".into());
+        }
+        for (key, file) in [("ca_file", &tls.ca_file), ("client_cert", &tls.client_cert), ("client_key", &tls.client_key)] {
+            if let Some(file) = file.as_ref().filter(|f| !f.is_file()) {
+                err(format!("{path}.mqtt.tls.{key}"), format!("{} does not exist", file.display()));
+            }
+        }
+    }
+    if let Some(digest) = &source.plugin.sha256 {
+        if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
+            err(format!("{path}.plugin.sha256"), "expected 64 hex digits".into());
+        }
+    }
+    check_transform(&source.transform, &format!("{path}.transform"), err);
+}
+
+fn check_transform(t: &TransformConfig, path: &str, err: &mut impl FnMut(String, String)) {
+    let [a, b, c, d, _, _] = t.affine;
+    if !t.affine.iter().chain([&t.z_scale]).all(|v| v.is_finite()) {
+        err(path.into(), "every number must be finite".into());
+        return;
+    }
+    let det = a * d - b * c;
+    if det.abs() < 1e-9 {
+        err(format!("{path}.affine"), format!("[a, b, c, d] = [{a}, {b}, {c}, {d}] is singular (a·d − b·c = 0): it would fold the map onto a line"));
+    }
+}
+
+/// MQTT filter rules: `#` only as the last level, `+` and `#` only as whole levels.
+pub(crate) fn check_topic_filter(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("an empty topic filter".into());
+    }
+    let levels: Vec<&str> = topic.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
+            return Err(format!("`{topic}`: `#` must be a whole level and the last one"));
+        }
+        if level.contains('+') && *level != "+" {
+            return Err(format!("`{topic}`: `+` must be a whole level"));
+        }
+    }
+    Ok(())
+}
+
+fn check_plant(plant: &PlantConfig, path: &str, err: &mut impl FnMut(String, String)) {
+    match (&plant.twinzo, plant.dry_run) {
+        (Some(_), true) => err(path.into(), "give either twinzo or dry_run: true, not both".into()),
+        (None, false) => err(path.into(), "needs a sink: a `twinzo` section, or `dry_run: true`".into()),
+        _ => {}
+    }
+    if let Some(twinzo) = &plant.twinzo {
+        if !(twinzo.base_url.starts_with("https://") || twinzo.base_url.starts_with("http://")) {
+            err(format!("{path}.twinzo.base_url"), format!("`{}` is not an http(s) URL", twinzo.base_url));
+        }
+        if !looks_like_guid(&twinzo.branch) {
+            err(format!("{path}.twinzo.branch"), format!("`{}` is not a branch GUID", twinzo.branch));
+        }
+        if twinzo.client.trim().is_empty() {
+            err(format!("{path}.twinzo.client"), "must not be empty".into());
+        }
+    }
+    let mut logins: BTreeMap<String, &str> = BTreeMap::new();
+    for (robot, device) in &plant.devices {
+        let at = join_key(&format!("{path}.devices"), robot);
+        if device.sector <= 0 {
+            err(format!("{at}.sector"), format!("{} is not a Twinzo sector id", device.sector));
+        }
+        if plant.twinzo.is_some() && device.password.is_none() {
+            err(format!("{at}.password"), "missing (each Twinzo device signs in with its own login)".into());
+        }
+        let login = device.login.clone().unwrap_or_else(|| robot.clone());
+        if let Some(other) = logins.insert(login.clone(), robot) {
+            err(format!("{at}.login"), format!("login `{login}` is already used by device {other:?}: one Twinzo device per robot"));
+        }
+    }
+    if !(10..=60_000).contains(&plant.batching.flush_interval_ms) {
+        err(format!("{path}.batching.flush_interval_ms"), "must be between 10 and 60000".into());
+    }
+    if !(1..=1000).contains(&plant.batching.max_batch) {
+        err(format!("{path}.batching.max_batch"), "must be between 1 and 1000".into());
+    }
+    if !(plant.motion.threshold_mm > 0.0) || plant.motion.window_ms == 0 {
+        err(format!("{path}.motion"), "threshold_mm and window_ms must be above 0".into());
+    }
+}
+
+fn looks_like_guid(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12]) && parts.iter().all(|p| p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Things that will not stop the runtime but that an operator should hear about.
+pub(super) fn warnings(config: &Config) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    for (i, source) in config.sources.iter().enumerate() {
+        if !source.plugin.path.exists() {
+            out.push(ConfigError::new(
+                format!("sources[{i}].plugin.path"),
+                format!("{} does not exist yet; the source will wait for it", source.plugin.path.display()),
+            ));
+        }
+        if source.mqtt.tls.as_ref().is_some_and(|t| t.insecure) {
+            out.push(ConfigError::new(format!("sources[{i}].mqtt.tls.insecure"), "the broker's certificate will NOT be verified"));
+        }
+        if source.mqtt.qos == 0 {
+            out.push(ConfigError::new(format!("sources[{i}].mqtt.qos"), "QoS 0 loses messages on any hiccup, and some brokers (ATI) refuse it"));
+        }
+        let plant = config.plant(&source.plant);
+        if plant.is_some_and(|p| p.devices.is_empty()) {
+            out.push(ConfigError::new(format!("sources[{i}].plant"), format!("plant `{}` maps no devices: every robot will be unknown", source.plant)));
+        }
+    }
+    if !config.http.listen.ip().is_loopback() {
+        out.push(ConfigError::new("http.listen", format!("{} is reachable from other machines", config.http.listen)));
+    }
+    out
+}

@@ -1,0 +1,190 @@
+//! Twinzo's HTTP API (docs: twinzo-api.md): per-device authentication, posting locations as
+//! a JSON array with the exact header names, listing sectors. Every response body is read.
+
+use crate::config::{Secret, TwinzoConfig};
+use crate::model::TwinzoLocation;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// One device's session.
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub token: Secret,
+    /// Tenant GUID (`Client` header).
+    pub client: String,
+    /// The device's branch GUID (`Branch` header).
+    pub branch: String,
+    pub expires_at_ms: u64,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Twinzo refused the credentials or token (401)")]
+    Unauthorized,
+    #[error("Twinzo answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("request timed out")]
+    Timeout,
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("unexpected response: {0}")]
+    BadResponse(String),
+}
+
+impl ApiError {
+    /// A short, bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "http-401",
+            ApiError::Status { status, .. } if *status >= 500 => "http-5xx",
+            ApiError::Status { .. } => "http-4xx",
+            ApiError::Timeout => "timeout",
+            ApiError::Connect(_) => "connect",
+            ApiError::Transport(_) => "transport",
+            ApiError::BadResponse(_) => "bad-response",
+        }
+    }
+}
+
+/// The body of a `POST /v3/localization` answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PostResponse {
+    #[serde(default)]
+    pub success: bool,
+    #[serde(default)]
+    pub error_message: Option<String>,
+    #[serde(default)]
+    pub locations: Vec<LocationResult>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LocationResult {
+    #[serde(default)]
+    pub timestamp: Option<u64>,
+    #[serde(default)]
+    pub success: bool,
+    #[serde(default)]
+    pub error_message: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Sector {
+    pub id: i64,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub branch_id: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AuthResponse {
+    client: String,
+    token: String,
+    expiration: u64,
+    #[serde(default)]
+    created: u64,
+    branch: String,
+}
+
+/// One tenant's API on one Twinzo host (tokens from one host are refused by another).
+pub struct TwinzoApi {
+    http: reqwest::Client,
+    base: String,
+    tenant: String,
+    api_key: Secret,
+}
+
+impl TwinzoApi {
+    pub fn new(config: &TwinzoConfig) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.timeout_ms))
+            .connect_timeout(Duration::from_millis(config.timeout_ms.min(5000)))
+            .user_agent(concat!("edge/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(TwinzoApi { http, base: config.base_url.trim_end_matches('/').to_string(), tenant: config.client.clone(), api_key: config.api_key.clone() })
+    }
+
+    /// `POST /authorization/authenticate` for one device.
+    pub async fn authenticate(&self, login: &str, password: &Secret) -> Result<Token, ApiError> {
+        let body = serde_json::json!({ "client": self.tenant, "login": login, "password": password.expose() });
+        let response = self.http.post(format!("{}/authorization/authenticate", self.base)).json(&body).send().await;
+        let auth: AuthResponse = self.read_json(response, &[password.expose()]).await?;
+        if auth.token.is_empty() {
+            return Err(ApiError::BadResponse("authentication answered without a token".into()));
+        }
+        Ok(Token { token: Secret::new(auth.token), client: auth.client, branch: auth.branch, expires_at_ms: auth.expiration, created_ms: auth.created })
+    }
+
+    /// `POST /localization` with one device's locations, as a JSON array.
+    pub async fn post_locations(&self, token: &Token, batch: &[TwinzoLocation]) -> Result<PostResponse, ApiError> {
+        let request = self.with_device_headers(self.http.post(format!("{}/localization", self.base)), token).json(batch);
+        self.read_json(request.send().await, &[token.token.expose()]).await
+    }
+
+    /// `GET /sectors`: the sectors of the token's branch.
+    pub async fn sectors(&self, token: &Token) -> Result<Vec<Sector>, ApiError> {
+        let request = self.with_device_headers(self.http.get(format!("{}/sectors", self.base)), token);
+        self.read_json(request.send().await, &[token.token.expose()]).await
+    }
+
+    fn with_device_headers(&self, request: reqwest::RequestBuilder, token: &Token) -> reqwest::RequestBuilder {
+        request
+            .header("Client", &token.client)
+            .header("Branch", &token.branch)
+            .header("Token", token.token.expose())
+            .header("Api-Key", self.api_key.expose())
+    }
+
+    async fn read_json<T: serde::de::DeserializeOwned>(
+        &self,
+        response: Result<reqwest::Response, reqwest::Error>,
+        secrets: &[&str],
+    ) -> Result<T, ApiError> {
+        let response = response.map_err(transport_error)?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(transport_error)?;
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(ApiError::Unauthorized);
+        }
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body);
+            return Err(ApiError::Status { status: status.as_u16(), body: self.scrub(&text, secrets) });
+        }
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadResponse(format!("{e} in {}", self.scrub(&String::from_utf8_lossy(&body), secrets))))
+    }
+
+    /// A response snippet safe to log: short, and without anything we sent as a secret.
+    fn scrub(&self, text: &str, secrets: &[&str]) -> String {
+        let mut text = crate::plugin::sanitize(text, 200);
+        for secret in secrets.iter().chain([&self.api_key.expose()]).filter(|s| s.len() >= 4) {
+            text = text.replace(secret, "<redacted>");
+        }
+        text
+    }
+}
+
+fn transport_error(e: reqwest::Error) -> ApiError {
+    // reqwest's Display includes the URL, which carries no secret here.
+    if e.is_timeout() {
+        ApiError::Timeout
+    } else if e.is_connect() {
+        ApiError::Connect(root_cause(&e))
+    } else {
+        ApiError::Transport(root_cause(&e))
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

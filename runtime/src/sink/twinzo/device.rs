@@ -1,0 +1,102 @@
+//! One Twinzo device as a poster: its token (cached; refreshed before expiry; renewed once on a
+//! 401; authentication backed off after failures) and the reading of every `Success` flag.
+
+use super::api::{ApiError, Token, TwinzoApi};
+use crate::backoff::Backoff;
+use crate::config::Secret;
+use crate::model::{TwinzoLocation, now_ms};
+use crate::sink::PostResult;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Renew a token this long before it expires (Twinzo's last 24 h).
+const REFRESH_BEFORE_MS: u64 = 10 * 60_000;
+
+pub struct TwinzoDevice {
+    api: Arc<TwinzoApi>,
+    plant: String,
+    robot: String,
+    login: String,
+    password: Secret,
+    branch: String,
+    token: Option<Token>,
+    auth_backoff: Backoff,
+    auth_not_before: Option<Instant>,
+}
+
+impl TwinzoDevice {
+    pub fn new(api: Arc<TwinzoApi>, plant: &str, robot: &str, login: &str, password: Secret, branch: &str) -> Self {
+        TwinzoDevice {
+            api,
+            plant: plant.into(),
+            robot: robot.into(),
+            login: login.into(),
+            password,
+            branch: branch.into(),
+            token: None,
+            auth_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+            auth_not_before: None,
+        }
+    }
+
+    pub async fn post(&mut self, batch: &[TwinzoLocation]) -> PostResult {
+        for attempt in 0..2 {
+            let token = match self.token().await {
+                Ok(token) => token,
+                Err(result) => return result,
+            };
+            match self.api.post_locations(&token, batch).await {
+                Ok(response) => return read_response(response, batch.len()),
+                // A revoked or expired token: sign in again once, right away.
+                Err(ApiError::Unauthorized) if attempt == 0 => self.token = None,
+                Err(e) => return PostResult::Retry { reason: e.reason(), detail: e.to_string() },
+            }
+        }
+        PostResult::Retry { reason: "http-401", detail: "a fresh token was refused too".into() }
+    }
+
+    /// A valid token, signing in when there is none or it is about to expire.
+    async fn token(&mut self) -> Result<Token, PostResult> {
+        if let Some(token) = self.token.as_ref().filter(|t| t.expires_at_ms > now_ms() + REFRESH_BEFORE_MS) {
+            return Ok(token.clone());
+        }
+        if let Some(wait) = self.auth_not_before.filter(|t| *t > Instant::now()) {
+            let detail = format!("authentication backed off for {:.0?} more", wait - Instant::now());
+            return Err(PostResult::Retry { reason: "auth", detail });
+        }
+        match self.api.authenticate(&self.login, &self.password).await {
+            Ok(token) if token.branch != self.branch => Err(PostResult::Rejected {
+                reason: "wrong-branch",
+                detail: format!("device login {} belongs to branch {}, but the plant is configured for branch {}", self.login, token.branch, self.branch),
+            }),
+            Ok(token) => {
+                self.auth_backoff.reset();
+                self.auth_not_before = None;
+                self.token = Some(token.clone());
+                Ok(token)
+            }
+            Err(e) => {
+                metrics::counter!("edge_twinzo_auth_failures_total", "plant" => self.plant.clone(), "device" => self.robot.clone()).increment(1);
+                self.auth_not_before = Some(Instant::now() + self.auth_backoff.next_delay());
+                Err(PostResult::Retry { reason: "auth", detail: format!("signing in as {}: {e}", self.login) })
+            }
+        }
+    }
+}
+
+fn read_response(response: super::api::PostResponse, sent: usize) -> PostResult {
+    if !response.success {
+        let why = response.error_message.unwrap_or_else(|| "Success: false without a message".into());
+        return PostResult::Rejected { reason: "success-false", detail: why };
+    }
+    if response.locations.len() != sent {
+        // Twinzo answers one entry per location; anything else we cannot attribute.
+        return PostResult::Retry { reason: "bad-response", detail: format!("{} location results for {sent} locations", response.locations.len()) };
+    }
+    let rejected: Vec<usize> = response.locations.iter().enumerate().filter(|(_, l)| !l.success).map(|(i, _)| i).collect();
+    if rejected.is_empty() {
+        return PostResult::Accepted;
+    }
+    let detail = response.locations[rejected[0]].error_message.clone().unwrap_or_else(|| "Locations[].Success: false".into());
+    PostResult::Partial { rejected, reason: "location-rejected", detail }
+}
