@@ -5,9 +5,15 @@
 //! [`cli`] wires them into the `edge` binary.
 
 pub mod backoff;
+pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod model;
 pub mod pipeline;
+pub mod http;
 pub mod plugin;
+pub mod runtime;
+pub mod sim;
 pub mod sink;
+pub mod source;
+pub mod stats;

@@ -2,6 +2,7 @@
 //! Each subcommand lives in its own file and returns an exit code.
 
 mod plugin;
+mod run;
 mod scaffold;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -32,6 +33,19 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the configuration: MQTT in, plugins, Twinzo out, with hot reload.
+    Run {
+        /// The configuration file.
+        #[arg(default_value = "edge.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration without connecting anywhere.
+    Check {
+        #[arg(default_value = "edge.yaml")]
+        config: PathBuf,
+    },
+    /// Publish a simulated fleet to an MQTT broker.
+    Sim(run::SimArgs),
     /// Test, inspect and create plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -43,6 +57,9 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     let cache_dir = if cli.no_cache { None } else { cli.cache_dir.clone().or_else(default_cache_dir) };
     let result = match cli.command {
+        Command::Run { config } => run::run(&config),
+        Command::Check { config } => run::check(&config),
+        Command::Sim(args) => run::sim(args),
         Command::Plugin(cmd) => plugin::run(cmd, cache_dir),
     };
     match result {
@@ -55,8 +72,10 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    // The embedded broker (rumqttd) narrates every connection at info; keep its warnings.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG").unwrap_or_else(|_| "info,rumqttd=warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

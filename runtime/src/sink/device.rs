@@ -1,12 +1,14 @@
 //! One device's worker: gathers its locations for a flush interval, posts them as one batch,
 //! and retries with backoff when the post fails. One failing device never holds up another.
 
-use super::DryRun;
+use super::{DryRun, Reachability};
 use super::twinzo::TwinzoDevice;
 use crate::backoff::Backoff;
 use crate::config::BatchingConfig;
 use crate::model::TwinzoLocation;
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -65,10 +67,11 @@ pub struct DeviceWorker {
     batching: BatchingConfig,
     retry: Backoff,
     failing_since: Option<(Instant, u64)>,
+    reach: Arc<Reachability>,
 }
 
 impl DeviceWorker {
-    pub fn new(plant: &str, robot: &str, poster: Poster, batching: BatchingConfig) -> (DeviceHandle, DeviceWorker) {
+    pub fn new(plant: &str, robot: &str, poster: Poster, batching: BatchingConfig, reach: Arc<Reachability>) -> (DeviceHandle, DeviceWorker) {
         let (tx, rx) = mpsc::channel(1024);
         let worker = DeviceWorker {
             plant: plant.into(),
@@ -79,6 +82,7 @@ impl DeviceWorker {
             batching,
             retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
             failing_since: None,
+            reach,
         };
         (DeviceHandle { tx }, worker)
     }
@@ -149,7 +153,9 @@ impl DeviceWorker {
 
     fn delivered(&mut self, n: usize, rejected: usize) {
         self.pending.drain(..n);
+        self.reach.set(true);
         metrics::counter!("edge_positions_posted_total", "plant" => self.plant.clone(), "device" => self.robot.clone()).increment((n - rejected) as u64);
+        crate::stats::STATS.posted.fetch_add((n - rejected) as u64, Relaxed);
         self.retry.reset();
         if let Some((since, failures)) = self.failing_since.take() {
             tracing::info!(plant = %self.plant, robot = %self.robot, failures, after = ?since.elapsed(), "posting to Twinzo works again");
@@ -159,6 +165,9 @@ impl DeviceWorker {
     // The first failure of a run is a warning, repeats are debug lines: a Twinzo outage
     // gives one line per device, not one per retry.
     fn failed(&mut self, reason: &'static str, detail: &str, permanent: bool) {
+        // A refusal is an answer: Twinzo is reachable. Everything else counts as unreachable.
+        self.reach.set(permanent);
+        crate::stats::STATS.post_failures.fetch_add(1, Relaxed);
         metrics::counter!("edge_post_failures_total", "plant" => self.plant.clone(), "device" => self.robot.clone(), "reason" => reason).increment(1);
         let (pending, robot, plant) = (self.pending.len(), &self.robot, &self.plant);
         match &mut self.failing_since {

@@ -1,11 +1,11 @@
-//! The dry-run sink: shows what would be posted to Twinzo, one line per device every few
+//! The dry-run sink: shows what would be posted to Twinzo, one line per device every five
 //! seconds, so a newcomer sees positions flowing without credentials or network.
 
 use super::device::PostResult;
 use crate::model::TwinzoLocation;
 use std::time::{Duration, Instant};
 
-const LINE_EVERY: Duration = Duration::from_secs(2);
+const LINE_EVERY: Duration = Duration::from_secs(5);
 
 pub struct DryRun {
     plant: String,

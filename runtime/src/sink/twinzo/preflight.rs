@@ -4,16 +4,21 @@
 use super::api::TwinzoApi;
 use crate::config::PlantConfig;
 
-/// Checks every device of a Twinzo plant; returns one line per problem (empty when all is well).
-pub async fn check_devices(api: &TwinzoApi, plant: &PlantConfig) -> Vec<String> {
-    let Some(twinzo) = &plant.twinzo else { return Vec::new() };
+/// Checks every device of a Twinzo plant: one line per problem (empty when all is well), and
+/// whether Twinzo answered at all (any device signed in).
+pub async fn check_devices(api: &TwinzoApi, plant: &PlantConfig) -> (Vec<String>, bool) {
+    let Some(twinzo) = &plant.twinzo else { return (Vec::new(), true) };
     let mut problems = Vec::new();
+    let mut reached = false;
     for (robot, device) in &plant.devices {
         let login = device.login.as_deref().unwrap_or(robot);
         let Some(password) = &device.password else { continue };
         let who = format!("device {robot:?} (login {login})");
         let token = match api.authenticate(login, password).await {
-            Ok(token) => token,
+            Ok(token) => {
+                reached = true;
+                token
+            }
             Err(e) => {
                 problems.push(format!("{who}: cannot sign in: {e}"));
                 continue;
@@ -35,5 +40,5 @@ pub async fn check_devices(api: &TwinzoApi, plant: &PlantConfig) -> Vec<String> 
             Err(e) => problems.push(format!("{who}: cannot list sectors: {e}")),
         }
     }
-    problems
+    (problems, reached)
 }

@@ -1,0 +1,101 @@
+//! `edge run`, `edge check` and `edge sim`: the main job, validating a config without
+//! connecting anywhere, and the fleet simulator on its own.
+
+use crate::config::{self, SimFormat, SimulatorConfig};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
+    tokio_runtime()?.block_on(crate::runtime::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Validates without connecting; prints every problem with its key path, and never a secret.
+pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let loaded = match config::load(path) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            println!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let c = &loaded.config;
+    println!("{}: OK", path.display());
+    for source in &c.sources {
+        let topics = if source.mqtt.topics.is_empty() { "the plugin's default topics".to_string() } else { source.mqtt.topics.join(", ") };
+        println!(
+            "  source {}: {}:{} (MQTT {:?}{}) via {} -> plant {} [{topics}]",
+            source.name,
+            source.mqtt.host,
+            source.mqtt.port(),
+            source.mqtt.protocol,
+            if source.mqtt.tls.is_some() { ", TLS" } else { "" },
+            source.plugin.path.display(),
+            source.plant
+        );
+    }
+    for plant in &c.plants {
+        let sink = match &plant.twinzo {
+            Some(t) => format!("Twinzo {} branch {}", t.base_url, t.branch),
+            None => "dry run".into(),
+        };
+        println!("  plant {}: {sink}, {} devices", plant.name, plant.devices.len());
+    }
+    for warning in &loaded.warnings {
+        println!("  warning: {warning}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct SimArgs {
+    /// Broker to publish to, host:port.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    broker: String,
+    /// Messages per second per robot.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// Fleet name in the topics.
+    #[arg(long, default_value = "default")]
+    fleet: String,
+    /// Formats to publish: edge-sim, ati (repeatable; default both).
+    #[arg(long = "format", value_parser = parse_format)]
+    formats: Vec<SimFormat>,
+    /// Robots from a simulator section of this config file instead of the default three.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn parse_format(text: &str) -> Result<SimFormat, String> {
+    match text {
+        "edge-sim" => Ok(SimFormat::EdgeSim),
+        "ati" => Ok(SimFormat::Ati),
+        other => Err(format!("`{other}` is not a simulator format (edge-sim, ati)")),
+    }
+}
+
+pub fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
+    let mut sim: SimulatorConfig = match &args.config {
+        Some(path) => config::load(path)?.config.simulator.ok_or_else(|| anyhow::anyhow!("{} has no simulator section", path.display()))?,
+        None => serde_json::from_value(serde_json::json!({}))?,
+    };
+    sim.rate_hz = args.rate;
+    sim.fleet = args.fleet;
+    if !args.formats.is_empty() {
+        sim.formats = args.formats;
+    }
+    tokio_runtime()?.block_on(async move {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            let _ = stop.send(true);
+        });
+        crate::sim::run(sim, args.broker, stopped).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("edge-rt").build()?)
+}

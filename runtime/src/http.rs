@@ -1,0 +1,54 @@
+//! The operations endpoint: `/healthz` (the process is up), `/readyz` (sources connected,
+//! plugins loaded, Twinzo reachable) and `/metrics` (Prometheus text).
+
+use crate::runtime::HealthBoard;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+#[derive(Clone)]
+struct AppState {
+    health: Arc<HealthBoard>,
+    metrics: PrometheusHandle,
+}
+
+/// Binds `listen` and serves until the process ends.
+pub async fn serve(listen: SocketAddr, health: Arc<HealthBoard>, metrics: PrometheusHandle) -> anyhow::Result<()> {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state(AppState { health, metrics });
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}"))?;
+    tracing::info!(%listen, "HTTP endpoint: /healthz /readyz /metrics");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("HTTP endpoint stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (ready, details) = state.health.readiness();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(details))
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.metrics.run_upkeep();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+}
+
+/// Installs the process-wide Prometheus recorder (once).
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    const LATENCY: &[f64] = &[0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(LATENCY)?
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))
+}

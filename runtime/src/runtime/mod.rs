@@ -1,0 +1,358 @@
+//! `edge run`: assembles sources, plugins, plants and sinks from edge.yaml, keeps them in step
+//! with the config file and plugin files while running (hot reload), and shuts down cleanly.
+//!
+//! Data flow: MQTT task → plugin thread (per source) → plant task (pipeline) → device workers
+//! (batching, posting). Every arrow is a bounded channel, so a slow stage pushes back.
+
+mod health;
+mod plant;
+mod source;
+mod watch;
+
+pub use health::HealthBoard;
+
+use crate::config::{self, Config, SourceConfig};
+use crate::plugin::{LoadError, LoadedPlugin, PluginEngine, SandboxLimits};
+use plant::PlantRuntime;
+use source::{Route, SourceRuntime};
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use watch::FileWatcher;
+
+/// Changes to one file often come as several events; wait this long for the rest.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+/// How long shutdown waits for plants to deliver what they hold.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Runs the configuration at `config_path` until SIGINT or SIGTERM.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let config_path = std::path::absolute(config_path)?;
+    let loaded = config::load(&config_path)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{}: {warning}", config_path.display());
+    }
+    let config = loaded.config;
+    crate::source::install_crypto_provider();
+    let metrics = crate::http::install_metrics()?;
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| anyhow::anyhow!("cannot create state_dir {}: {e}", config.state_dir.display()))?;
+    let engine = PluginEngine::new(sandbox_limits(&config), Some(config.state_dir.join("compiled")))?;
+    if let Some(broker) = config.embedded_broker.clone() {
+        tokio::task::spawn_blocking(move || crate::broker::start(&broker)).await??;
+    }
+    let health = Arc::new(HealthBoard::default());
+    crate::http::serve(config.http.listen, health.clone(), metrics).await?;
+    let (changes_tx, mut changes) = mpsc::unbounded_channel();
+    let watcher = FileWatcher::new(changes_tx).map_err(|e| tracing::warn!("hot reload is off: cannot watch files: {e}")).ok();
+    let mut runtime = Runtime {
+        config_path,
+        config: Config { sources: Vec::new(), plants: Vec::new(), simulator: None, ..config.clone() },
+        engine,
+        health,
+        plants: BTreeMap::new(),
+        sources: BTreeMap::new(),
+        simulator: None,
+        watcher,
+    };
+    runtime.apply(config).await?;
+    tracing::info!(sources = runtime.sources.len(), plants = runtime.plants.len(), "edge is running; edit the config or replace a plugin file to reload");
+
+    let mut summary = tokio::time::interval(runtime.config.summary_interval);
+    summary.tick().await;
+    let mut previous = [0u64; 6];
+    loop {
+        tokio::select! {
+            () = shutdown_signal() => break,
+            Some(path) = changes.recv() => {
+                let paths = debounce(path, &mut changes).await;
+                runtime.on_files_changed(&paths).await;
+            }
+            _ = summary.tick() => tracing::info!("summary: {}", crate::stats::STATS.summary(&mut previous)),
+        }
+    }
+    tracing::info!("shutting down: delivering what is held");
+    runtime.shutdown().await;
+    tracing::info!("stopped; last {}", crate::stats::STATS.summary(&mut previous));
+    Ok(())
+}
+
+fn sandbox_limits(config: &Config) -> SandboxLimits {
+    SandboxLimits {
+        memory_bytes: config.sandbox.memory_mb << 20,
+        call_timeout: Duration::from_millis(config.sandbox.call_timeout_ms),
+        max_positions: config.sandbox.max_positions_per_message,
+        ..SandboxLimits::default()
+    }
+}
+
+struct Runtime {
+    config_path: PathBuf,
+    config: Config,
+    engine: PluginEngine,
+    health: Arc<HealthBoard>,
+    plants: BTreeMap<String, PlantRuntime>,
+    sources: BTreeMap<String, SourceRuntime>,
+    simulator: Option<tokio::sync::watch::Sender<bool>>,
+    watcher: Option<FileWatcher>,
+}
+
+impl Runtime {
+    /// Moves the running system to `new`. Nothing changes if a plugin that a source is
+    /// running cannot be replaced by the one the new config asks for.
+    async fn apply(&mut self, new: Config) -> anyhow::Result<()> {
+        let plugins = self.plugins_for(&new).await?;
+        for plant in &new.plants {
+            match self.plants.get_mut(&plant.name) {
+                Some(running) if running.config == *plant => {}
+                Some(running) => running.reconfigure(plant.clone()).await,
+                None => {
+                    let runtime = PlantRuntime::start(plant.clone())?;
+                    self.health.set_plant(&plant.name, runtime.reach.clone());
+                    self.spawn_preflight(plant);
+                    self.plants.insert(plant.name.clone(), runtime);
+                }
+            }
+        }
+        let keep: HashSet<&str> = new.sources.iter().map(|s| s.name.as_str()).collect();
+        for name in self.sources.keys().filter(|n| !keep.contains(n.as_str())).cloned().collect::<Vec<_>>() {
+            self.health.remove(Some(&name), None);
+            self.sources.remove(&name).expect("listed above").finish().await;
+            tracing::info!(source = %name, "source removed");
+        }
+        for source in &new.sources {
+            self.apply_source(source, plugins.get(&source.name).cloned()).await;
+        }
+        let keep: HashSet<&str> = new.plants.iter().map(|p| p.name.as_str()).collect();
+        for name in self.plants.keys().filter(|n| !keep.contains(n.as_str())).cloned().collect::<Vec<_>>() {
+            self.health.remove(None, Some(&name));
+            self.plants.remove(&name).expect("listed above").finish().await;
+            tracing::info!(plant = %name, "plant removed");
+        }
+        if new.simulator != self.config.simulator {
+            self.restart_simulator(&new);
+        }
+        for (what, changed) in [("embedded_broker", new.embedded_broker != self.config.embedded_broker), ("http", new.http != self.config.http), ("sandbox", new.sandbox != self.config.sandbox), ("state_dir", new.state_dir != self.config.state_dir)] {
+            if changed && !self.sources.is_empty() {
+                tracing::warn!("`{what}` changed: that takes effect at the next restart");
+            }
+        }
+        self.config = new;
+        self.watch_files();
+        Ok(())
+    }
+
+    /// The plugin each source of `new` will run: the running one when its file and options
+    /// are unchanged, else freshly loaded.
+    async fn plugins_for(&self, new: &Config) -> anyhow::Result<BTreeMap<String, Arc<LoadedPlugin>>> {
+        let mut plugins = BTreeMap::new();
+        for source in &new.sources {
+            let running = self.sources.get(&source.name);
+            if let Some(plugin) = running.filter(|r| r.config.plugin == source.plugin).and_then(SourceRuntime::plugin) {
+                plugins.insert(source.name.clone(), plugin);
+                continue;
+            }
+            match self.load_plugin(source).await {
+                Ok(plugin) => {
+                    plugins.insert(source.name.clone(), plugin);
+                }
+                // A source that runs a plugin keeps it unless the replacement is good.
+                Err(e) if running.is_some_and(|r| r.plugin().is_some()) => anyhow::bail!("source {}: {e}", source.name),
+                Err(e) => log_waiting(&source.name, &e),
+            }
+        }
+        Ok(plugins)
+    }
+
+    async fn apply_source(&mut self, source: &SourceConfig, plugin: Option<Arc<LoadedPlugin>>) {
+        let running = match self.sources.get_mut(&source.name) {
+            Some(running) => {
+                if running.config.mqtt != source.mqtt {
+                    tracing::info!(source = %source.name, "MQTT settings changed: reconnecting");
+                    running.disconnect().await;
+                }
+                running.config = source.clone();
+                running
+            }
+            None => {
+                let started = SourceRuntime::start(source.clone());
+                self.health.set_source(&source.name, started.status.clone(), started.route.clone());
+                self.sources.entry(source.name.clone()).or_insert(started)
+            }
+        };
+        let plant = self.plants.get(&source.plant).expect("config validation ties sources to plants");
+        if let Some(plugin) = plugin {
+            running.set_route(Route { plugin, transform: (&source.transform).into(), plant: plant.tx.clone() });
+        }
+        if !running.connected() {
+            running.connect();
+        }
+    }
+
+    async fn load_plugin(&self, source: &SourceConfig) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let (engine, plugin) = (self.engine.clone(), source.plugin.clone());
+        tokio::task::spawn_blocking(move || engine.load(&plugin.path, &plugin.options(), plugin.sha256.as_deref()))
+            .await
+            .expect("plugin loading does not panic")
+    }
+
+    async fn on_files_changed(&mut self, paths: &HashSet<PathBuf>) {
+        if paths.contains(&self.config_path) {
+            self.reload_config().await;
+        }
+        let plugin_paths: HashSet<PathBuf> = self.config.sources.iter().map(|s| s.plugin.path.clone()).filter(|p| paths.contains(p)).collect();
+        for path in plugin_paths {
+            self.reload_plugin(&path).await;
+        }
+    }
+
+    async fn reload_config(&mut self) {
+        let loaded = match config::load(&self.config_path) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                metrics::counter!("edge_reloads_total", "kind" => "config", "outcome" => "rejected").increment(1);
+                tracing::error!("rejected the edit, still running the previous configuration: {errors}");
+                return;
+            }
+        };
+        if loaded.config == self.config {
+            return;
+        }
+        for warning in &loaded.warnings {
+            tracing::warn!("{}: {warning}", self.config_path.display());
+        }
+        match self.apply(loaded.config).await {
+            Ok(()) => {
+                metrics::counter!("edge_reloads_total", "kind" => "config", "outcome" => "applied").increment(1);
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => {
+                metrics::counter!("edge_reloads_total", "kind" => "config", "outcome" => "rejected").increment(1);
+                tracing::error!("rejected the edit, still running the previous configuration: {e:#}");
+            }
+        }
+    }
+
+    /// A plugin file changed: load it for every source that uses it, and swap it in where it
+    /// loads and passes its checks. A bad file changes nothing.
+    async fn reload_plugin(&mut self, path: &Path) {
+        let users: Vec<SourceConfig> = self.config.sources.iter().filter(|s| s.plugin.path == path).cloned().collect();
+        for source in users {
+            let running = self.sources.get(&source.name).and_then(SourceRuntime::plugin);
+            let outcome = self.load_plugin(&source).await;
+            match (outcome, running) {
+                (Ok(new), Some(old)) if new.sha256 == old.sha256 => {}
+                (Ok(new), _) => {
+                    metrics::counter!("edge_reloads_total", "kind" => "plugin", "outcome" => "applied").increment(1);
+                    tracing::info!(source = %source.name, plugin = %new.info.name, version = %new.info.version, sha256 = &new.sha256[..12], "plugin loaded; new messages use it");
+                    let plant = self.plants.get(&source.plant).expect("validated").tx.clone();
+                    let running = self.sources.get_mut(&source.name).expect("configured sources run");
+                    running.set_route(Route { plugin: new, transform: (&source.transform).into(), plant });
+                    if !running.connected() {
+                        running.connect();
+                    }
+                }
+                (Err(LoadError::Read { .. }), Some(_)) if !path.exists() => {
+                    tracing::warn!(source = %source.name, path = %path.display(), "plugin file removed; the source keeps running the version it loaded");
+                }
+                (Err(e), running) => {
+                    metrics::counter!("edge_reloads_total", "kind" => "plugin", "outcome" => "rejected").increment(1);
+                    match running {
+                        Some(_) => tracing::error!(source = %source.name, "rejected the new plugin file, keeping the running version: {e}"),
+                        None => log_waiting(&source.name, &e),
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn_preflight(&self, plant: &config::PlantConfig) {
+        let Some(twinzo) = &plant.twinzo else { return };
+        let (plant, reach) = (plant.clone(), self.plants.get(&plant.name).map(|p| p.reach.clone()));
+        let api = match crate::sink::twinzo::TwinzoApi::new(twinzo) {
+            Ok(api) => api,
+            Err(e) => return tracing::error!(plant = %plant.name, "cannot set up the Twinzo client: {e:#}"),
+        };
+        tokio::spawn(async move {
+            let (problems, reached) = crate::sink::twinzo::check_devices(&api, &plant).await;
+            if let Some(reach) = reach.filter(|r| r.get().is_none()) {
+                reach.set(reached);
+            }
+            for problem in &problems {
+                tracing::warn!(plant = %plant.name, "device check: {problem}");
+            }
+            metrics::gauge!("edge_device_config_problems", "plant" => plant.name.clone()).set(problems.len() as f64);
+            if problems.is_empty() {
+                tracing::info!(plant = %plant.name, devices = plant.devices.len(), "every device signs in and posts to a sector of the plant's branch");
+            }
+        });
+    }
+
+    fn restart_simulator(&mut self, new: &Config) {
+        if let Some(stop) = self.simulator.take() {
+            let _ = stop.send(true);
+        }
+        let Some(sim) = new.simulator.clone() else { return };
+        let broker = sim.broker.clone().unwrap_or_else(|| {
+            let listen = new.embedded_broker.as_ref().expect("validated: a simulator without broker needs the embedded one").listen;
+            let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
+            format!("{host}:{}", listen.port())
+        });
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if let Err(e) = crate::sim::run(sim, broker, stopped).await {
+                tracing::error!("simulator stopped: {e:#}");
+            }
+        });
+        self.simulator = Some(stop);
+    }
+
+    fn watch_files(&mut self) {
+        let Some(watcher) = &mut self.watcher else { return };
+        let files: Vec<&Path> = std::iter::once(self.config_path.as_path()).chain(self.config.sources.iter().map(|s| s.plugin.path.as_path())).collect();
+        watcher.watch_files(files);
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.simulator.take() {
+            let _ = stop.send(true);
+        }
+        for (_, source) in std::mem::take(&mut self.sources) {
+            source.finish().await;
+        }
+        for (name, plant) in std::mem::take(&mut self.plants) {
+            if tokio::time::timeout(SHUTDOWN_GRACE, plant.finish()).await.is_err() {
+                tracing::error!(plant = %name, "did not finish delivering within {SHUTDOWN_GRACE:?}");
+            }
+        }
+    }
+}
+
+fn log_waiting(source: &str, error: &LoadError) {
+    match error {
+        LoadError::Read { path, .. } if !path.exists() => {
+            tracing::warn!(source, path = %path.display(), "plugin file does not exist yet; the source will connect once it appears")
+        }
+        e => tracing::error!(source, "cannot load the plugin; the source waits for a good file: {e}"),
+    }
+}
+
+async fn debounce(first: PathBuf, changes: &mut mpsc::UnboundedReceiver<PathBuf>) -> HashSet<PathBuf> {
+    let mut paths = HashSet::from([first]);
+    let deadline = tokio::time::Instant::now() + DEBOUNCE;
+    loop {
+        tokio::select! {
+            Some(path) = changes.recv() => { paths.insert(path); }
+            () = tokio::time::sleep_until(deadline) => return paths,
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,8 @@
+//! The built-in fleet simulator: robots driving closed paths, published over MQTT in the
+//! simulator's own format (`edge-sim/1`, docs/simulator.md) and in ATI sherpa format.
+
+mod fleet;
+mod publisher;
+
+pub use fleet::{Fleet, RobotState};
+pub use publisher::run;
