@@ -2,6 +2,11 @@
 //! the `edge` binary are. Plugins must be built first (`scripts/build-plugins`; `scripts/test` does it).
 #![allow(dead_code)]
 
+pub mod mosquitto;
+pub mod mqtt;
+pub mod process;
+pub mod twinzo;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

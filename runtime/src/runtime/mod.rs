@@ -62,9 +62,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut summary = tokio::time::interval(runtime.config.summary_interval);
     summary.tick().await;
     let mut previous = [0u64; 6];
+    // Listen for signals once, for the whole run: a listener created per loop turn would
+    // miss a signal that arrives while the loop is busy elsewhere.
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
     loop {
         tokio::select! {
-            () = shutdown_signal() => break,
+            _ = stop.wait_for(|s| *s) => break,
             Some(path) = changes.recv() => {
                 let paths = debounce(path, &mut changes).await;
                 runtime.on_files_changed(&paths).await;

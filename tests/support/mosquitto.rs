@@ -1,0 +1,71 @@
+//! A real mosquitto broker (Debian package) on a free port, started and stopped by a test.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Mosquitto {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    extra: String,
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Mosquitto {
+    /// A plain broker allowing anonymous clients.
+    pub fn start() -> Self {
+        Self::with_config("")
+    }
+
+    /// A broker with extra mosquitto.conf lines for its listener (TLS files, ACLs).
+    pub fn with_config(extra: &str) -> Self {
+        let mut broker = Mosquitto { port: free_port(), child: None, dir: tempfile::tempdir().unwrap(), extra: extra.to_string() };
+        broker.launch();
+        broker
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn launch(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        let text = format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n{}\n", self.port, self.extra);
+        std::fs::write(&conf, text).unwrap();
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).expect("mosquitto is not installed: apt-get install -y mosquitto (scripts/install-deps does it)");
+        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
+        let child = Command::new(binary).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start: {}", std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops and starts again on the same port (sessions are not persisted).
+    pub fn restart(&mut self, down_for: Duration) {
+        self.stop();
+        std::thread::sleep(down_for);
+        self.launch();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
