@@ -5,6 +5,7 @@
 pub mod mosquitto;
 pub mod mqtt;
 pub mod process;
+pub mod tls;
 pub mod twinzo;
 
 use std::path::{Path, PathBuf};

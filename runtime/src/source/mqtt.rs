@@ -7,7 +7,7 @@ use crate::backoff::Backoff;
 use crate::config::{MqttConfig, MqttProtocol};
 use crate::model::now_ms;
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, SubscribeReasonCode as V5Code};
+use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as V5Code;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -93,7 +93,6 @@ pub async fn run_source(
                 tracing::info!(source = %name, %endpoint, session_present, "connected to MQTT broker");
                 status.connected.store(true, Ordering::Relaxed);
                 (failures, connected_at) = (0, Some(Instant::now()));
-                backoff.reset();
                 if !session_present {
                     if let Err(e) = client.subscribe(&topics, config.qos) {
                         tracing::error!(source = %name, "cannot subscribe: {e}");
@@ -110,20 +109,24 @@ pub async fn run_source(
                     break;
                 }
             }
-            Ok(Event::Disconnect(reason)) => {
-                tracing::error!(source = %name, %endpoint, "the broker ended the session: {reason}");
-            }
             Ok(Event::Other) => {}
             Err(e) => {
                 status.connected.store(false, Ordering::Relaxed);
                 failures += 1;
-                if connected_at.take().is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
-                    short_sessions += 1;
-                } else if failures == 1 {
-                    short_sessions = 0;
+                // Only a connection that held for a while earns a fresh, short backoff: one
+                // that the broker keeps closing must not be retried in a tight loop.
+                match connected_at.take().map(|t| t.elapsed()) {
+                    Some(held) if held < STABLE => short_sessions += 1,
+                    Some(_) => {
+                        short_sessions = 0;
+                        backoff.reset();
+                    }
+                    None => {}
                 }
                 let delay = backoff.next_delay();
-                if short_sessions >= 3 && short_sessions % 3 == 0 {
+                if e.contains("SessionTakenOver") {
+                    tracing::error!(source = %name, %endpoint, "session takeover: another client connected with client id {client_id}");
+                } else if short_sessions >= 3 && short_sessions % 3 == 0 {
                     tracing::error!(source = %name, %endpoint, "the broker closed the connection right after connecting {short_sessions} times: is another client using client id {client_id}? (session takeover)");
                 }
                 if failures == 1 {
@@ -164,13 +167,16 @@ fn report_suback(name: &str, topics: &[String], qos: u8, codes: &[Result<u8, Str
     *status.subscribe_error.lock().expect("status lock") = refused;
 }
 
-/// A protocol-neutral broker event.
+/// A connection that lasted this long was a real session, not a flap.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// A protocol-neutral broker event. (A broker's DISCONNECT, e.g. a session takeover,
+/// reaches us as a connection error from rumqttc.)
 enum Event {
     ConnAck { session_present: bool },
     /// Per filter, in subscription order: the granted QoS, or why it was refused.
     SubAck(Vec<Result<u8, String>>),
     Publish { topic: String, payload: Bytes, ack: Ack },
-    Disconnect(String),
     Other,
 }
 
@@ -285,10 +291,6 @@ impl EventLoop {
                         Event::Other
                     }
                 },
-                rumqttc::v5::Event::Incoming(P5::Disconnect(d)) => Event::Disconnect(match d.reason_code {
-                    DisconnectReasonCode::SessionTakenOver => "session taken over (0x8E): another client connected with the same client id".into(),
-                    code => format!("{code:?}"),
-                }),
                 _ => Event::Other,
             }),
         }
