@@ -156,8 +156,7 @@ pub enum SimPath {
 }
 
 /// One MQTT connection, the plugin that reads it, and the plant it feeds.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SourceConfig {
     pub name: String,
     pub mqtt: MqttConfig,
@@ -257,20 +256,15 @@ pub struct TransformConfig {
 }
 
 /// One Twinzo branch (or a dry run) and the devices posted to it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlantConfig {
     pub name: String,
     pub twinzo: Option<TwinzoConfig>,
     /// Log what would be posted instead of posting.
-    #[serde(default)]
     pub dry_run: bool,
     /// Vendor robot id → Twinzo device.
-    #[serde(default, skip_deserializing)]
     pub devices: BTreeMap<String, DeviceConfig>,
-    #[serde(default)]
     pub motion: MotionConfig,
-    #[serde(default)]
     pub batching: BatchingConfig,
 }
 

@@ -5,12 +5,24 @@ use super::*;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 
-pub(super) fn build(root: Value, base: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
-    let top: TopLevel = typed(root, "", errors)?;
-    let sources: Vec<SourceConfig> =
-        top.sources.into_iter().enumerate().filter_map(|(i, v)| typed(v, &format!("sources[{i}]"), errors)).collect();
-    let plants: Vec<PlantConfig> =
-        top.plants.into_iter().enumerate().filter_map(|(i, v)| plant(v, &format!("plants[{i}]"), errors)).collect();
+pub(super) fn build(mut root: Value, base: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
+    // Sources and plants are read even when the rest has a problem, so one unknown key at
+    // the top does not hide every problem below it.
+    // Each keeps its key path: later checks must name `sources[3]` even if `sources[2]` failed.
+    let sources: Vec<(String, SourceConfig)> = list(&mut root, "sources", errors)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, v)| source(v, &format!("sources[{i}]"), errors).map(|s| (format!("sources[{i}]"), s)))
+        .collect();
+    let plants: Vec<(String, PlantConfig)> = list(&mut root, "plants", errors)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, v)| plant(v, &format!("plants[{i}]"), errors).map(|p| (format!("plants[{i}]"), p)))
+        .collect();
+    let (source_paths, sources): (Vec<String>, Vec<SourceConfig>) = sources.into_iter().unzip();
+    let (plant_paths, plants): (Vec<String>, Vec<PlantConfig>) = plants.into_iter().unzip();
+    // With a problem at the top, carry on with defaults to find the problems below it.
+    let top: TopLevel = typed(root, "", errors).unwrap_or_else(|| serde_json::from_value(Value::Object(Default::default())).expect("every top-level key has a default"));
     let mut config = Config {
         state_dir: base.join(&top.state_dir),
         http: top.http,
@@ -22,7 +34,7 @@ pub(super) fn build(root: Value, base: &Path, errors: &mut Vec<ConfigError>) -> 
         plants,
     };
     resolve_paths(&mut config, base);
-    check(&config, errors);
+    check(&config, &source_paths, &plant_paths, errors);
     Some(config)
 }
 
@@ -68,10 +80,78 @@ fn redact_if_secret(path: &str, message: String) -> String {
     out
 }
 
-fn plant(mut value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<PlantConfig> {
-    let devices = value.as_object_mut().and_then(|m| m.remove("devices"));
-    let mut plant: PlantConfig = typed(value, path, errors)?;
-    match devices {
+/// Takes the list at `key` out of an object (a missing key is an empty list).
+fn list(root: &mut Value, key: &str, errors: &mut Vec<ConfigError>) -> Vec<Value> {
+    match root.as_object_mut().and_then(|m| m.remove(key)) {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            errors.push(ConfigError::new(key, "expected a list"));
+            Vec::new()
+        }
+    }
+}
+
+/// Reads the part at `key` of an object on its own, under its own key path.
+fn part<T: DeserializeOwned>(value: &Value, key: &str, path: &str, errors: &mut Vec<ConfigError>) -> Option<Option<T>> {
+    match value.get(key) {
+        None | Some(Value::Null) => Some(None),
+        Some(part) => typed(part.clone(), &join_key(path, key), errors).map(Some),
+    }
+}
+
+// The parts are read on their own by `part`; naming them here makes unknown keys errors.
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    name: String,
+    mqtt: Value,
+    plugin: Value,
+    plant: String,
+    transform: Value,
+}
+
+fn source(value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<SourceConfig> {
+    let mqtt = part::<MqttConfig>(&value, "mqtt", path, errors);
+    let plugin = part::<PluginRef>(&value, "plugin", path, errors);
+    let transform = part::<TransformConfig>(&value, "transform", path, errors);
+    let raw: RawSource = typed(value, path, errors)?;
+    Some(SourceConfig { name: raw.name, plant: raw.plant, mqtt: mqtt??, plugin: plugin??, transform: transform?? })
+}
+
+#[allow(dead_code)]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlant {
+    name: String,
+    twinzo: Option<Value>,
+    #[serde(default)]
+    dry_run: bool,
+    devices: Option<Value>,
+    motion: Option<Value>,
+    batching: Option<Value>,
+}
+
+fn plant(value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<PlantConfig> {
+    let twinzo = part::<TwinzoConfig>(&value, "twinzo", path, errors);
+    let motion = part::<MotionConfig>(&value, "motion", path, errors);
+    let batching = part::<BatchingConfig>(&value, "batching", path, errors);
+    let devices = devices(value.get("devices").cloned(), path, errors);
+    let raw: RawPlant = typed(value, path, errors)?;
+    Some(PlantConfig {
+        name: raw.name,
+        twinzo: twinzo?,
+        dry_run: raw.dry_run,
+        devices,
+        motion: motion?.unwrap_or_default(),
+        batching: batching?.unwrap_or_default(),
+    })
+}
+
+fn devices(value: Option<Value>, path: &str, errors: &mut Vec<ConfigError>) -> BTreeMap<String, DeviceConfig> {
+    let mut devices = BTreeMap::new();
+    match value {
         None | Some(Value::Null) => {}
         Some(Value::Object(map)) => {
             for (robot, device) in map {
@@ -84,13 +164,13 @@ fn plant(mut value: Value, path: &str, errors: &mut Vec<ConfigError>) -> Option<
                     continue;
                 }
                 if let Some(device) = typed::<DeviceConfig>(device, &at, errors) {
-                    plant.devices.insert(robot, device);
+                    devices.insert(robot, device);
                 }
             }
         }
         Some(_) => errors.push(ConfigError::new(format!("{path}.devices"), "expected a map of robot id to device")),
     }
-    Some(plant)
+    devices
 }
 
 fn resolve_paths(config: &mut Config, base: &Path) {
@@ -104,15 +184,15 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
 }
 
-fn check(config: &Config, errors: &mut Vec<ConfigError>) {
+fn check(config: &Config, source_paths: &[String], plant_paths: &[String], errors: &mut Vec<ConfigError>) {
     let mut err = |path: String, message: String| errors.push(ConfigError::new(path, message));
-    unique_names(config.sources.iter().map(|s| s.name.as_str()), "sources", &mut err);
-    unique_names(config.plants.iter().map(|p| p.name.as_str()), "plants", &mut err);
-    for (i, source) in config.sources.iter().enumerate() {
-        check_source(config, source, &format!("sources[{i}]"), &mut err);
+    unique_names(config.sources.iter().map(|s| s.name.as_str()).zip(source_paths), &mut err);
+    unique_names(config.plants.iter().map(|p| p.name.as_str()).zip(plant_paths), &mut err);
+    for (source, path) in config.sources.iter().zip(source_paths) {
+        check_source(config, source, path, &mut err);
     }
-    for (i, plant) in config.plants.iter().enumerate() {
-        check_plant(plant, &format!("plants[{i}]"), &mut err);
+    for (plant, path) in config.plants.iter().zip(plant_paths) {
+        check_plant(plant, path, &mut err);
     }
     let s = &config.sandbox;
     if s.memory_mb == 0 || s.call_timeout_ms == 0 || s.max_positions_per_message == 0 {
@@ -125,17 +205,19 @@ fn check(config: &Config, errors: &mut Vec<ConfigError>) {
         if sim.broker.is_none() && config.embedded_broker.is_none() {
             err("simulator.broker".into(), "missing (and there is no embedded_broker to default to)".into());
         }
-        unique_names(sim.robots.iter().map(|r| r.name.as_str()), "simulator.robots", &mut err);
+        let paths: Vec<String> = (0..sim.robots.len()).map(|i| format!("simulator.robots[{i}]")).collect();
+        unique_names(sim.robots.iter().map(|r| r.name.as_str()).zip(&paths), &mut err);
     }
 }
 
-fn unique_names<'a>(names: impl Iterator<Item = &'a str>, list: &str, err: &mut impl FnMut(String, String)) {
+/// Names must be unique and not empty; each item comes with its key path.
+fn unique_names<'a>(names: impl Iterator<Item = (&'a str, &'a String)>, err: &mut impl FnMut(String, String)) {
     let mut seen = HashMap::new();
-    for (i, name) in names.enumerate() {
+    for (name, path) in names {
         if name.trim().is_empty() {
-            err(format!("{list}[{i}].name"), "must not be empty".into());
-        } else if let Some(first) = seen.insert(name, i) {
-            err(format!("{list}[{i}].name"), format!("`{name}` is already the name of {list}[{first}]"));
+            err(format!("{path}.name"), "must not be empty".into());
+        } else if let Some(first) = seen.insert(name, path) {
+            err(format!("{path}.name"), format!("`{name}` is already the name of {first}"));
         }
     }
 }

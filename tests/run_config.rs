@@ -1,0 +1,129 @@
+//! `edge check`: every problem of a bad edge.yaml with its key path, exit 1, and never a
+//! secret in the output; a good file is summarised, its secrets still hidden.
+
+mod support;
+
+use std::process::Output;
+
+const PASSWORD: &str = "literal-Passw0rd-in-yaml";
+const API_KEY: &str = "literal-api-key-in-yaml";
+
+fn check(yaml: &str, env: &[(&str, &str)]) -> (Output, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut cmd = support::edge(cache.path());
+    cmd.arg("check").arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out, text)
+}
+
+#[test]
+fn every_problem_is_listed_with_its_key_path() {
+    let yaml = format!(
+        r#"
+colour: blue
+sources:
+  - name: ati
+    mqtt: {{ host: broker, port: 8883, qos: 1, topics: ["ati_fm/#/status"], bogus: 1 }}
+    plugin: {{ path: ati.wasm }}
+    plant: older
+    transform: {{ affine: [1, 0, 0, 1, 0, 0] }}
+  - name: hitech
+    mqtt: {{ host: broker, password: "{PASSWORD}" }}
+    plugin: {{ path: hitech.wasm, sha256: abc }}
+    plant: nowhere
+    transform: {{ affine: [1000, 2000, 1, 2, 0, 0] }}
+plants:
+  - name: older
+    twinzo: {{ client: TVSMotor, api_key: "{API_KEY}", branch: not-a-guid }}
+    devices:
+      tug-133: {{ login: tugger-01, password: "{PASSWORD}", sector: "8010257b-d416-43e2-b1a3-cc98604bb117" }}
+      tug-55: {{ login: tugger-01, password: "{PASSWORD}", sector: 1 }}
+      tug-56: {{ login: tugger-01, password: "{PASSWORD}", sector: 1 }}
+      tug-78: {{ login: tugger-04, sector: 2 }}
+      tug-39: {{ login: tugger-02, password: "${{MISSING_PASSWORD_VAR}}", sector: 3 }}
+"#
+    );
+    let (out, text) = check(&yaml, &[]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for expected in [
+        "colour",
+        "sources[0].mqtt.bogus",
+        "sources[1].plant: no plant is named `nowhere`",
+        "sources[1].plugin.sha256: expected 64 hex digits",
+        "sources[1].mqtt.password: a password needs a username",
+        "sources[1].transform.affine: [a, b, c, d] = [1000, 2000, 1, 2] is singular",
+        "plants[0].twinzo.branch: `not-a-guid` is not a branch GUID",
+        r#"plants[0].devices["tug-133"].sector: expected Twinzo's integer sector id"#,
+        r#"plants[0].devices["tug-78"].password: missing"#,
+        "login `tugger-01` is already used by device",
+        r#"plants[0].devices["tug-39"].password: environment variable MISSING_PASSWORD_VAR is not set"#,
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains(PASSWORD) && !text.contains(API_KEY), "a secret was printed:\n{text}");
+}
+
+#[test]
+fn a_topic_filter_with_a_misplaced_wildcard_is_named() {
+    let yaml = r#"
+sources:
+  - name: s
+    mqtt: { topics: ["a/#/b"] }
+    plugin: { path: x.wasm }
+    plant: p
+    transform: { affine: [1000, 0, 0, 1000, 0, 0] }
+plants:
+  - { name: p, dry_run: true }
+"#;
+    let (out, text) = check(yaml, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("sources[0].mqtt.topics[0]: `a/#/b`: `#` must be a whole level and the last one"), "{text}");
+}
+
+#[test]
+fn a_good_file_is_summarised_without_secrets() {
+    let yaml = format!(
+        r#"
+sources:
+  - name: ati
+    mqtt: {{ host: fm.example, protocol: "5", username: tug-bridge, password: "${{ATI_PASSWORD}}", tls: {{ insecure: true }} }}
+    plugin: {{ path: ati.wasm, options: {{ timestamp_offset: "+05:30" }} }}
+    plant: older
+    transform: {{ affine: [999.738230, 22.879501, 22.879501, -999.738230, 95598.77, 167357.60] }}
+plants:
+  - name: older
+    twinzo: {{ client: TVSMotor, api_key: "{API_KEY}", branch: dcac4881-05ab-4f29-b0df-79c40df9c9c2 }}
+    devices:
+      tug-133: {{ login: tugger-01, password: "{PASSWORD}", sector: 1 }}
+"#
+    );
+    let (out, text) = check(&yaml, &[("ATI_PASSWORD", "env-secret-value")]);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("OK") && text.contains("source ati: fm.example:8883 (MQTT V5, TLS)") && text.contains("1 devices"), "{text}");
+    assert!(text.contains("warning: sources[0].mqtt.tls.insecure"), "{text}");
+    assert!(text.contains("does not exist yet"), "a missing plugin file is a warning: {text}");
+    for secret in [PASSWORD, API_KEY, "env-secret-value"] {
+        assert!(!text.contains(secret), "a secret was printed:\n{text}");
+    }
+}
+
+#[test]
+fn the_repository_configs_are_valid() {
+    for file in ["edge.yaml", "examples/ati-plant.yaml", "examples/hitech-plant.yaml", "examples/two-plants.yaml"] {
+        let cache = tempfile::tempdir().unwrap();
+        let out = support::edge(cache.path())
+            .args(["check", file])
+            .envs(["ATI_MQTT_PASSWORD", "HIVEMQ_PASSWORD", "TWINZO_API_KEY", "HITECH_AMR_01_PASSWORD"].map(|k| (k, "x")))
+            .envs((1..=4).map(|i| (format!("TUGGER_0{i}_PASSWORD"), "x")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{file}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+}
