@@ -33,7 +33,11 @@ fn failing_case_prints_the_difference_and_exits_1() {
     let expected = dir.path().join("full.expected.json");
     let edited = std::fs::read_to_string(&expected).unwrap().replace("\"x\": 150.0", "\"x\": 151.0");
     std::fs::write(&expected, edited).unwrap();
-    let out = support::edge(cache.path()).args(["plugin", "test", "plugins/dist/hitech.wasm"]).arg(dir.path()).output().unwrap();
+    let out = support::edge(cache.path())
+        .args(["plugin", "test", "plugins/dist/hitech.wasm"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stdout.contains("FAIL") && stdout.contains("positions[0].x: expected 151, got 150"), "{stdout}");
@@ -84,7 +88,10 @@ fn broken_plugin_file_is_a_clear_error_with_exit_2() {
 #[test]
 fn inspect_reports_contract_topics_and_imports() {
     let cache = tempfile::tempdir().unwrap();
-    let out = support::edge(cache.path()).args(["plugin", "inspect", "--json", "plugins/dist/vda5050.wasm"]).output().unwrap();
+    let out = support::edge(cache.path())
+        .args(["plugin", "inspect", "--json", "plugins/dist/vda5050.wasm"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["contract"], "edge:plugin@1.0.0");
@@ -93,7 +100,10 @@ fn inspect_reports_contract_topics_and_imports() {
     assert!(json["imports"].as_array().unwrap().iter().any(|i| i.as_str().unwrap().starts_with("wasi:")));
     assert_eq!(json["sha256"].as_str().unwrap().len(), 64);
     // The second inspect comes from the on-disk cache.
-    let again = support::edge(cache.path()).args(["plugin", "inspect", "--json", "plugins/dist/vda5050.wasm"]).output().unwrap();
+    let again = support::edge(cache.path())
+        .args(["plugin", "inspect", "--json", "plugins/dist/vda5050.wasm"])
+        .output()
+        .unwrap();
     let json: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(json["compile"]["source"], "hit");
 }
@@ -106,7 +116,11 @@ fn new_plugin_builds_and_passes_its_fixtures_unchanged() {
     copy_tree(&support::repo().join("plugins"), &workspace);
     copy_tree(&support::repo().join("wit"), &work.path().join("wit"));
 
-    let out = support::edge(cache.path()).args(["plugin", "new", "acme-agv", "--workspace"]).arg(&workspace).output().unwrap();
+    let out = support::edge(cache.path())
+        .args(["plugin", "new", "acme-agv", "--workspace"])
+        .arg(&workspace)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     // Reuse the repository's plugin target directory: the wasm std is built once.
     let build = std::process::Command::new(support::repo().join("scripts/build-plugins"))
@@ -124,7 +138,11 @@ fn new_plugin_builds_and_passes_its_fixtures_unchanged() {
     assert!(test.status.success(), "{}", text(&test));
     assert!(String::from_utf8_lossy(&test.stdout).contains("2 passed, 0 failed"), "{}", text(&test));
 
-    let again = support::edge(cache.path()).args(["plugin", "new", "acme-agv", "--workspace"]).arg(&workspace).output().unwrap();
+    let again = support::edge(cache.path())
+        .args(["plugin", "new", "acme-agv", "--workspace"])
+        .arg(&workspace)
+        .output()
+        .unwrap();
     assert_eq!(again.status.code(), Some(2), "creating it twice must fail");
     assert!(text(&again).contains("already exists"));
 }

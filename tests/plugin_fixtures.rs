@@ -50,7 +50,13 @@ fn every_shared_sample_has_a_fixture() {
         .flat_map(|p| std::fs::read_dir(support::repo().join("plugins").join(p).join("fixtures")).unwrap())
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
         .collect();
-    for sample in ["ati/sherpa-status-live-full.json", "ati/sherpa-status-live-short.json", "ati/sherpa-status-spec.json", "hitech/position-full.json", "hitech/position-minimal.json"] {
+    for sample in [
+        "ati/sherpa-status-live-full.json",
+        "ati/sherpa-status-live-short.json",
+        "ati/sherpa-status-spec.json",
+        "hitech/position-full.json",
+        "hitech/position-minimal.json",
+    ] {
         let bytes = std::fs::read(shared.join(sample)).unwrap();
         assert!(fixtures.contains(&bytes), "no fixture carries {sample}");
     }

@@ -16,7 +16,11 @@ fn hostile() -> PluginInstance {
 }
 
 fn send(instance: &mut PluginInstance, payload: &str) -> Result<Vec<edge::model::Position>, CallError> {
-    instance.translate(&Message { topic: "hostile/x".into(), payload: payload.as_bytes().to_vec().into(), received_at_ms: 0 })
+    instance.translate(&Message {
+        topic: "hostile/x".into(),
+        payload: payload.as_bytes().to_vec().into(),
+        received_at_ms: 0,
+    })
 }
 
 /// After any failure, the same instance handle answers the next message normally.
@@ -61,7 +65,9 @@ fn smaller_memory_cap_is_enforced() {
 fn deep_recursion_traps() {
     let mut instance = hostile();
     match send(&mut instance, "recurse") {
-        Err(CallError::Trapped(why)) => assert!(why.contains("stack overflow") || why.contains("out of bounds"), "{why}"),
+        Err(CallError::Trapped(why)) => {
+            assert!(why.contains("stack overflow") || why.contains("out of bounds"), "{why}")
+        }
         other => panic!("expected a trap, got {other:?}"),
     }
     assert_recovers(&mut instance);
@@ -126,7 +132,8 @@ fn unknown_option_is_refused_by_name() {
 
 #[test]
 fn bad_option_value_is_refused_by_name() {
-    let err = engine().load(&support::plugin("ati-sherpa"), &[("timestamp_offset".into(), "IST".into())], None).unwrap_err();
+    let err =
+        engine().load(&support::plugin("ati-sherpa"), &[("timestamp_offset".into(), "IST".into())], None).unwrap_err();
     assert!(err.to_string().contains("timestamp_offset: `IST` is not a UTC offset"), "{err}");
 }
 
@@ -162,7 +169,10 @@ fn other_major_contract_version_is_refused_with_both_versions() {
         (instance $translator)
         (export "edge:plugin/translator@2.0.0" (instance $translator)))"#;
     let err = load_bytes(&wat::parse_str(wat).unwrap());
-    assert_eq!(err.to_string(), "plugin broken.wasm was built against edge:plugin@2.0.0; this host accepts 1.0.0 to 1.0.x");
+    assert_eq!(
+        err.to_string(),
+        "plugin broken.wasm was built against edge:plugin@2.0.0; this host accepts 1.0.0 to 1.0.x"
+    );
 }
 
 #[test]
@@ -202,7 +212,8 @@ fn megabyte_payloads_are_errors_not_crashes() {
         let deep = "[".repeat(1 << 20);
         let garbage: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
         for payload in [big_string.into_bytes(), deep.into_bytes(), garbage] {
-            let outcome = instance.translate(&Message { topic: topic.clone(), payload: payload.into(), received_at_ms: 0 });
+            let outcome =
+                instance.translate(&Message { topic: topic.clone(), payload: payload.into(), received_at_ms: 0 });
             match outcome {
                 Ok(positions) => assert!(positions.is_empty(), "{name} invented positions from junk"),
                 Err(CallError::Malformed(_)) => {}

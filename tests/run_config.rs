@@ -106,7 +106,12 @@ plants:
     );
     let (out, text) = check(&yaml, &[("ATI_PASSWORD", "env-secret-value")]);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("OK") && text.contains("source ati: fm.example:8883 (MQTT V5, TLS)") && text.contains("1 devices"), "{text}");
+    assert!(
+        text.contains("OK")
+            && text.contains("source ati: fm.example:8883 (MQTT V5, TLS)")
+            && text.contains("1 devices"),
+        "{text}"
+    );
     assert!(text.contains("warning: sources[0].mqtt.tls.insecure"), "{text}");
     assert!(text.contains("does not exist yet"), "a missing plugin file is a warning: {text}");
     for secret in [PASSWORD, API_KEY, "env-secret-value"] {
@@ -120,10 +125,17 @@ fn the_repository_configs_are_valid() {
         let cache = tempfile::tempdir().unwrap();
         let out = support::edge(cache.path())
             .args(["check", file])
-            .envs(["ATI_MQTT_PASSWORD", "HIVEMQ_PASSWORD", "TWINZO_API_KEY", "HITECH_AMR_01_PASSWORD"].map(|k| (k, "x")))
+            .envs(
+                ["ATI_MQTT_PASSWORD", "HIVEMQ_PASSWORD", "TWINZO_API_KEY", "HITECH_AMR_01_PASSWORD"].map(|k| (k, "x")),
+            )
             .envs((1..=4).map(|i| (format!("TUGGER_0{i}_PASSWORD"), "x")))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{file}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{file}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -102,7 +102,8 @@ fn ati_and_hitech_reach_their_plants() {
     publisher.publish("hitech/amr/hitech-amr-001/position", r#"{"device_id": "hitech-amr-001", "x": 1, "y": 2}"#);
     publisher.flush(Duration::from_secs(10));
     twinzo.wait_for("all positions", Duration::from_secs(30), |r| {
-        r.locations.get("tugger-01").map_or(0, Vec::len) == 20 && r.locations.get("hitech-amr-01").map_or(0, Vec::len) == 20
+        r.locations.get("tugger-01").map_or(0, Vec::len) == 20
+            && r.locations.get("hitech-amr-01").map_or(0, Vec::len) == 20
     });
 
     check_ati_locations(&twinzo.locations("tugger-01"));
@@ -129,9 +130,19 @@ fn ati_and_hitech_reach_their_plants() {
 
     assert!(edge.stop().success());
     let log = edge.log_text();
-    assert_eq!(log.matches("robot is not in the plant's device map").count(), 1, "unknown robots are logged once per interval:\n{log}");
-    assert!(log.contains("sector 2 is not in branch") && log.contains("never appear"), "the misplaced sector of tug-55 is reported:\n{log}");
-    assert!(log.contains("message dropped") && log.contains("position: missing"), "the malformed HiTech message is reported:\n{log}");
+    assert_eq!(
+        log.matches("robot is not in the plant's device map").count(),
+        1,
+        "unknown robots are logged once per interval:\n{log}"
+    );
+    assert!(
+        log.contains("sector 2 is not in branch") && log.contains("never appear"),
+        "the misplaced sector of tug-55 is reported:\n{log}"
+    );
+    assert!(
+        log.contains("message dropped") && log.contains("position: missing"),
+        "the malformed HiTech message is reported:\n{log}"
+    );
     for secret in [TUG_PASSWORD, AMR_PASSWORD, API_KEY, "0000000000000000000000000000000000000000001="] {
         assert!(!log.contains(secret), "a secret leaked into the log");
     }
@@ -173,7 +184,11 @@ fn check_hitech_locations(locations: &[Value]) {
 fn check_wire(twinzo: &TwinzoStandIn) {
     twinzo.with_recorded(|r| {
         let positions: usize = r.locations.values().map(Vec::len).sum();
-        assert!(r.posts.len() < positions, "positions are batched per device: {} posts for {positions} positions", r.posts.len());
+        assert!(
+            r.posts.len() < positions,
+            "positions are batched per device: {} posts for {positions} positions",
+            r.posts.len()
+        );
         for (headers, body) in &r.posts {
             for name in ["Client", "Branch", "Token", "Api-Key"] {
                 assert!(headers.contains_key(name), "missing header {name}");

@@ -41,7 +41,13 @@ plants:
 fn publish(port: u16, n: u64, from: u64) {
     let mut publisher = Publisher::connect(port, &format!("pub-{from}"));
     for i in from..from + n {
-        publisher.publish("hitech/amr/r1/position", format!(r#"{{"device_id": "r1", "timestamp": {}, "position": {{"x": {i}, "y": 0}}}}"#, 1_730_000_000_000u64 + i));
+        publisher.publish(
+            "hitech/amr/r1/position",
+            format!(
+                r#"{{"device_id": "r1", "timestamp": {}, "position": {{"x": {i}, "y": 0}}}}"#,
+                1_730_000_000_000u64 + i
+            ),
+        );
     }
     publisher.flush(WAIT);
 }
@@ -93,7 +99,12 @@ fn tls_with_the_wrong_ca_is_refused_and_insecure_is_loud() {
     let ca_file = ca.write_ca(dir.path(), "real");
     let other_ca = TestCa::new("some other CA").write_ca(dir.path(), "other");
     let (cert, key) = ca.issue(dir.path(), "server", &["localhost"]);
-    let broker = Mosquitto::with_config(&format!("cafile {}\ncertfile {}\nkeyfile {}\n", ca_file.display(), cert.display(), key.display()));
+    let broker = Mosquitto::with_config(&format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\n",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    ));
 
     let wrong = format!("{{ host: localhost, port: {}, tls: {{ ca_file: {} }} }}", broker.port, other_ca.display());
     let wrong_dir = tempfile::tempdir().unwrap();
@@ -150,7 +161,10 @@ fn refused_subscription_names_topic_and_reason() {
     for (protocol, reason) in [("5", "reason 135 (not authorized)"), ("3.1.1", "failure (0x80)")] {
         let run_dir = tempfile::tempdir().unwrap();
         let http = free_port();
-        let mqtt = format!("{{ host: 127.0.0.1, port: {}, protocol: \"{protocol}\", topics: [\"forbidden/#\"] }}", broker.port);
+        let mqtt = format!(
+            "{{ host: 127.0.0.1, port: {}, protocol: \"{protocol}\", topics: [\"forbidden/#\"] }}",
+            broker.port
+        );
         let mut edge = EdgeProcess::start(&config(run_dir.path(), &mqtt, http));
         edge.wait_for_log("refused the subscription", WAIT);
         let log = edge.log_text();

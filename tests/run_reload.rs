@@ -15,8 +15,17 @@ use support::twinzo::{API_KEY, BRANCH_1, Device, TwinzoStandIn};
 const MESSAGES: u64 = 600;
 const T0: u64 = 1_730_000_000_000;
 
-fn config_text(state: &Path, plugin: &Path, broker: u16, twinzo: &str, http: u16, tx: f64, second_device: bool) -> String {
-    let second = if second_device { "      hitech-amr-002: { login: hitech-amr-02, password: pw-2, sector: 1 }\n" } else { "" };
+fn config_text(
+    state: &Path,
+    plugin: &Path,
+    broker: u16,
+    twinzo: &str,
+    http: u16,
+    tx: f64,
+    second_device: bool,
+) -> String {
+    let second =
+        if second_device { "      hitech-amr-002: { login: hitech-amr-02, password: pw-2, sector: 1 }\n" } else { "" };
     format!(
         r#"state_dir: {state}
 http: {{ listen: "127.0.0.1:{http}" }}
@@ -54,7 +63,8 @@ fn variant(wasm: &[u8], tag: u8) -> Vec<u8> {
 }
 
 fn message(device: &str, i: u64) -> String {
-    serde_json::json!({"device_id": device, "timestamp": T0 + i, "position": {"x": 1000 + i, "y": 2000}, "battery": 50}).to_string()
+    serde_json::json!({"device_id": device, "timestamp": T0 + i, "position": {"x": 1000 + i, "y": 2000}, "battery": 50})
+        .to_string()
 }
 
 #[test]
@@ -72,7 +82,9 @@ fn plugin_and_config_reload_under_traffic_lose_nothing() {
     let http = free_port();
     let state = dir.path().join("state");
     let config = dir.path().join("edge.yaml");
-    let write_config = |tx: f64, second: bool| replace(&config, config_text(&state, &plugin, broker.port, &twinzo.base_url(), http, tx, second).as_bytes());
+    let write_config = |tx: f64, second: bool| {
+        replace(&config, config_text(&state, &plugin, broker.port, &twinzo.base_url(), http, tx, second).as_bytes())
+    };
     write_config(0.0, false);
 
     let mut edge = EdgeProcess::start(&config);
@@ -106,22 +118,36 @@ fn plugin_and_config_reload_under_traffic_lose_nothing() {
     edge.wait_for_log("rejected the edit, still running the previous configuration", Duration::from_secs(10));
     traffic.join().unwrap();
 
-    twinzo.wait_for("every message of the first robot", Duration::from_secs(30), |r| r.locations.get("hitech-amr-01").map_or(0, Vec::len) as u64 >= MESSAGES);
+    twinzo.wait_for("every message of the first robot", Duration::from_secs(30), |r| {
+        r.locations.get("hitech-amr-01").map_or(0, Vec::len) as u64 >= MESSAGES
+    });
     std::thread::sleep(Duration::from_millis(500));
     let first = twinzo.locations("hitech-amr-01");
     let stamps: Vec<u64> = first.iter().map(|l| l["Timestamp"].as_u64().unwrap()).collect();
     let unique: BTreeSet<u64> = stamps.iter().copied().collect();
-    assert_eq!(stamps.len() as u64, MESSAGES, "every message exactly once (duplicates: {})", stamps.len() - unique.len());
+    assert_eq!(
+        stamps.len() as u64,
+        MESSAGES,
+        "every message exactly once (duplicates: {})",
+        stamps.len() - unique.len()
+    );
     assert_eq!(unique, (0..MESSAGES).map(|i| T0 + i).collect::<BTreeSet<_>>());
 
     // The transform edit applies from one message on; before it, none had the offset.
     // x is (1000 + i) mm, so X is 1000 + i before the edit and 6000 + i after it.
-    let shifted: Vec<bool> = first.iter().map(|l| l["X"].as_f64().unwrap() - 1000.0 - (l["Timestamp"].as_u64().unwrap() - T0) as f64 > 2500.0).collect();
+    let shifted: Vec<bool> = first
+        .iter()
+        .map(|l| l["X"].as_f64().unwrap() - 1000.0 - (l["Timestamp"].as_u64().unwrap() - T0) as f64 > 2500.0)
+        .collect();
     let switch = shifted.iter().position(|s| *s).expect("the new transform was applied");
     assert!(switch > 0 && shifted[switch..].iter().all(|s| *s), "one switch from the old transform to the new");
     // The second robot was unknown until the edit mapped it, then delivered.
     let second = twinzo.locations("hitech-amr-02");
-    assert!(!second.is_empty() && (second.len() as u64) < MESSAGES, "{} positions of the newly mapped robot", second.len());
+    assert!(
+        !second.is_empty() && (second.len() as u64) < MESSAGES,
+        "{} positions of the newly mapped robot",
+        second.len()
+    );
 
     assert!(edge.stop().success());
     let log = edge.log_text();

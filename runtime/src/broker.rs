@@ -36,7 +36,8 @@ pub fn start(config: &EmbeddedBrokerConfig) -> anyhow::Result<()> {
     let broker: rumqttd::Config = serde_json::from_value(broker)?;
     // rumqttd reports a taken port only in its own log, from its own thread: check first.
     for addr in std::iter::once(config.listen).chain(config.listen_v5) {
-        std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("the embedded MQTT broker cannot listen on {addr}: {e}"))?;
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| anyhow::anyhow!("the embedded MQTT broker cannot listen on {addr}: {e}"))?;
     }
     std::thread::Builder::new().name("edge-broker".into()).spawn(move || {
         if let Err(e) = rumqttd::Broker::new(broker).start() {

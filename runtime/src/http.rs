@@ -23,7 +23,9 @@ pub async fn serve(listen: SocketAddr, health: Arc<HealthBoard>, metrics: Promet
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
         .with_state(AppState { health, metrics });
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}"))?;
     tracing::info!(%listen, "HTTP endpoint: /healthz /readyz /metrics");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

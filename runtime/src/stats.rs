@@ -25,8 +25,15 @@ pub static STATS: Stats = Stats {
 impl Stats {
     /// `in=… plugin_errors=… positions=… unknown=… posted=… post_failures=…` since `previous`.
     pub fn summary(&self, previous: &mut [u64; 6]) -> String {
-        let now = [&self.messages_in, &self.plugin_errors, &self.positions, &self.unknown_devices, &self.posted, &self.post_failures]
-            .map(|c| c.load(Relaxed));
+        let now = [
+            &self.messages_in,
+            &self.plugin_errors,
+            &self.positions,
+            &self.unknown_devices,
+            &self.posted,
+            &self.post_failures,
+        ]
+        .map(|c| c.load(Relaxed));
         let d: Vec<u64> = now.iter().zip(previous.iter()).map(|(n, p)| n - p).collect();
         *previous = now;
         format!(

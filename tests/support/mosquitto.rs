@@ -25,7 +25,8 @@ impl Mosquitto {
 
     /// A broker with extra mosquitto.conf lines for its listener (TLS files, ACLs).
     pub fn with_config(extra: &str) -> Self {
-        let mut broker = Mosquitto { port: free_port(), child: None, dir: tempfile::tempdir().unwrap(), extra: extra.to_string() };
+        let mut broker =
+            Mosquitto { port: free_port(), child: None, dir: tempfile::tempdir().unwrap(), extra: extra.to_string() };
         broker.launch();
         broker
     }
@@ -36,15 +37,23 @@ impl Mosquitto {
 
     fn launch(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");
-        let text = format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n{}\n", self.port, self.extra);
+        let text =
+            format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n{}\n", self.port, self.extra);
         std::fs::write(&conf, text).unwrap();
-        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"].into_iter().find(|p| Path::new(p).exists()).expect("mosquitto is not installed: apt-get install -y mosquitto (scripts/install-deps does it)");
+        let binary = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("mosquitto is not installed: apt-get install -y mosquitto (scripts/install-deps does it)");
         let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
         let child = Command::new(binary).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log).spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start: {}", std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not start: {}",
+                std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

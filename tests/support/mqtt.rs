@@ -44,7 +44,12 @@ impl Publisher {
     pub fn flush(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while self.acked.load(Ordering::SeqCst) < self.sent {
-            assert!(Instant::now() < deadline, "broker acked {} of {} publishes", self.acked.load(Ordering::SeqCst), self.sent);
+            assert!(
+                Instant::now() < deadline,
+                "broker acked {} of {} publishes",
+                self.acked.load(Ordering::SeqCst),
+                self.sent
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

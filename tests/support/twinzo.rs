@@ -172,7 +172,8 @@ fn brotli_json(status: StatusCode, body: &Value) -> Response {
         let mut writer = brotli::CompressorWriter::new(&mut compressed, 4096, 5, 22);
         std::io::Write::write_all(&mut writer, body.to_string().as_bytes()).unwrap();
     }
-    (status, [(header::CONTENT_TYPE, "application/json; charset=utf-8"), (header::CONTENT_ENCODING, "br")], compressed).into_response()
+    (status, [(header::CONTENT_TYPE, "application/json; charset=utf-8"), (header::CONTENT_ENCODING, "br")], compressed)
+        .into_response()
 }
 
 async fn delay(state: &Arc<Mutex<Inner>>) {
@@ -187,8 +188,11 @@ async fn authenticate(State(state): Shared, body: Bytes) -> Response {
     let mut s = state.lock().unwrap();
     s.recorded.auth_calls += 1;
     let Ok(req) = serde_json::from_slice::<Value>(&body) else { return StatusCode::BAD_REQUEST.into_response() };
-    let (client, login, password) = (req["client"].as_str(), req["login"].as_str().unwrap_or(""), req["password"].as_str());
-    let ok = !s.faults.auth_down && client == Some(TENANT) && s.devices.get(login).is_some_and(|d| Some(d.password.as_str()) == password);
+    let (client, login, password) =
+        (req["client"].as_str(), req["login"].as_str().unwrap_or(""), req["password"].as_str());
+    let ok = !s.faults.auth_down
+        && client == Some(TENANT)
+        && s.devices.get(login).is_some_and(|d| Some(d.password.as_str()) == password);
     if !ok {
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -197,13 +201,19 @@ async fn authenticate(State(state): Shared, body: Bytes) -> Response {
     s.next_token += 1;
     let (created, expiration) = (now_ms(), now_ms() + s.token_lifetime_ms);
     s.tokens.insert(token.clone(), (login.to_string(), expiration));
-    brotli_json(StatusCode::OK, &json!({"Client": CLIENT_GUID, "Token": token, "Expiration": expiration, "Created": created, "Branch": branch}))
+    brotli_json(
+        StatusCode::OK,
+        &json!({"Client": CLIENT_GUID, "Token": token, "Expiration": expiration, "Created": created, "Branch": branch}),
+    )
 }
 
 /// The device a request's headers authenticate, or the status to refuse it with.
 fn device_of(s: &Inner, headers: &HeaderMap) -> Result<Device, StatusCode> {
     let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    if headers.contains_key(header::AUTHORIZATION) || h("Api-Key").as_deref() != Some(API_KEY) || h("Client").as_deref() != Some(CLIENT_GUID) {
+    if headers.contains_key(header::AUTHORIZATION)
+        || h("Api-Key").as_deref() != Some(API_KEY)
+        || h("Client").as_deref() != Some(CLIENT_GUID)
+    {
         return Err(StatusCode::UNAUTHORIZED);
     }
     let token = h("Token").ok_or(StatusCode::UNAUTHORIZED)?;
@@ -228,18 +238,28 @@ async fn localization(State(state): Shared, headers: HeaderMap, body: Bytes) -> 
         Err(status) => return status.into_response(),
     };
     let Value::Array(items) = body else {
-        return brotli_json(StatusCode::BAD_REQUEST, &json!({"$": ["The JSON value could not be converted to a list of locations."]}));
+        return brotli_json(
+            StatusCode::BAD_REQUEST,
+            &json!({"$": ["The JSON value could not be converted to a list of locations."]}),
+        );
     };
     for (i, item) in items.iter().enumerate() {
         if let Some(problem) = invalid_location(item) {
-            return brotli_json(StatusCode::BAD_REQUEST, &json!({ format!("$[{i}].{problem}"): ["The JSON value could not be converted."] }));
+            return brotli_json(
+                StatusCode::BAD_REQUEST,
+                &json!({ format!("$[{i}].{problem}"): ["The JSON value could not be converted."] }),
+            );
         }
     }
     let branch = headers.get("Branch").and_then(|v| v.to_str().ok()).unwrap_or("");
     if s.faults.success_false || branch != device.branch {
-        return brotli_json(StatusCode::OK, &json!({"Login": device.login, "Success": false, "ErrorMessage": format!("Device {} does not exist.", device.login), "Locations": []}));
+        return brotli_json(
+            StatusCode::OK,
+            &json!({"Login": device.login, "Success": false, "ErrorMessage": format!("Device {} does not exist.", device.login), "Locations": []}),
+        );
     }
-    let results: Vec<Value> = items.iter().map(|l| json!({"Timestamp": l["Timestamp"], "Action": "Create", "Success": true})).collect();
+    let results: Vec<Value> =
+        items.iter().map(|l| json!({"Timestamp": l["Timestamp"], "Action": "Create", "Success": true})).collect();
     s.recorded.locations.entry(device.login.clone()).or_default().extend(items);
     brotli_json(StatusCode::OK, &json!({"Login": device.login, "Success": true, "Locations": results}))
 }

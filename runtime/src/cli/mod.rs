@@ -4,6 +4,7 @@
 mod plugin;
 mod run;
 mod scaffold;
+mod spool;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ enum Command {
     },
     /// Publish a simulated fleet to an MQTT broker.
     Sim(run::SimArgs),
+    /// Inspect the durable spool: queued positions, dead letters; retry or purge them.
+    Spool(spool::SpoolArgs),
     /// Test, inspect and create plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -60,6 +63,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => run::check(&config),
         Command::Sim(args) => run::sim(args),
+        Command::Spool(args) => spool::run(args),
         Command::Plugin(cmd) => plugin::run(cmd, cache_dir),
     };
     match result {
@@ -75,7 +79,10 @@ fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     // The embedded broker (rumqttd) narrates every connection at info; keep its warnings.
     let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG").unwrap_or_else(|_| "info,rumqttd=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -23,7 +23,11 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let c = &loaded.config;
     println!("{}: OK", path.display());
     for source in &c.sources {
-        let topics = if source.mqtt.topics.is_empty() { "the plugin's default topics".to_string() } else { source.mqtt.topics.join(", ") };
+        let topics = if source.mqtt.topics.is_empty() {
+            "the plugin's default topics".to_string()
+        } else {
+            source.mqtt.topics.join(", ")
+        };
         println!(
             "  source {}: {}:{} (MQTT {:?}{}) via {} -> plant {} [{topics}]",
             source.name,
@@ -77,7 +81,10 @@ fn parse_format(text: &str) -> Result<SimFormat, String> {
 
 pub fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
     let mut sim: SimulatorConfig = match &args.config {
-        Some(path) => config::load(path)?.config.simulator.ok_or_else(|| anyhow::anyhow!("{} has no simulator section", path.display()))?,
+        Some(path) => config::load(path)?
+            .config
+            .simulator
+            .ok_or_else(|| anyhow::anyhow!("{} has no simulator section", path.display()))?,
         None => serde_json::from_value(serde_json::json!({}))?,
     };
     sim.rate_hz = args.rate;

@@ -5,7 +5,12 @@ use super::ConfigError;
 use serde_json::Value;
 
 /// Replaces every reference in `value`; each unset variable is one error naming its key path.
-pub fn interpolate(value: &mut Value, path: &str, lookup: &dyn Fn(&str) -> Option<String>, errors: &mut Vec<ConfigError>) {
+pub fn interpolate(
+    value: &mut Value,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<ConfigError>,
+) {
     match value {
         Value::String(text) if text.contains('$') => match expand(text, lookup) {
             Ok(expanded) => *value = typed(text, expanded),
@@ -95,7 +100,10 @@ mod tests {
         let mut errors = Vec::new();
         interpolate(&mut v, "", &env, &mut errors);
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(v, json!({"port": 8883, "pass": "007", "url": "https://localhost:8883/v3", "lit": "${X}", "key": "s3cr$t", "money": "5$"}));
+        assert_eq!(
+            v,
+            json!({"port": 8883, "pass": "007", "url": "https://localhost:8883/v3", "lit": "${X}", "key": "s3cr$t", "money": "5$"})
+        );
     }
 
     #[test]

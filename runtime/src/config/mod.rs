@@ -29,6 +29,7 @@ pub struct Config {
     /// How often the one-line summary is logged.
     pub summary_interval: Duration,
     pub sandbox: SandboxConfig,
+    pub spool: SpoolConfig,
     pub embedded_broker: Option<EmbeddedBrokerConfig>,
     pub simulator: Option<SimulatorConfig>,
     pub sources: Vec<SourceConfig>,
@@ -52,6 +53,8 @@ struct TopLevel {
     summary_interval_s: u64,
     #[serde(default)]
     sandbox: SandboxConfig,
+    #[serde(default)]
+    spool: SpoolConfig,
     embedded_broker: Option<EmbeddedBrokerConfig>,
     simulator: Option<SimulatorConfig>,
     #[serde(default)]
@@ -92,6 +95,35 @@ impl Default for SandboxConfig {
             memory_mb: defaults::memory_mb(),
             call_timeout_ms: defaults::call_timeout_ms(),
             max_positions_per_message: defaults::max_positions(),
+        }
+    }
+}
+
+/// The durable spool of every plant (`state_dir/spool/<plant>.sqlite`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Above this, the oldest history is dropped (each device's latest position stays).
+    #[serde(default = "defaults::spool_max_mb")]
+    pub max_mb: u64,
+    /// Positions queued longer than this are dropped (each device's latest stays).
+    #[serde(default = "defaults::spool_max_age_h")]
+    pub max_age_h: u64,
+    /// A hard ceiling on the spool file, beyond which writes fail as on a full disk and intake
+    /// waits. Unset: the disk is the limit.
+    pub hard_cap_mb: Option<u64>,
+    /// How fast one device's backlog is replayed after an outage, positions per second.
+    #[serde(default = "defaults::replay_per_second")]
+    pub replay_per_second: u32,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            max_mb: defaults::spool_max_mb(),
+            max_age_h: defaults::spool_max_age_h(),
+            hard_cap_mb: None,
+            replay_per_second: defaults::replay_per_second(),
         }
     }
 }
@@ -348,6 +380,15 @@ mod defaults {
     pub fn max_positions() -> usize {
         1000
     }
+    pub fn spool_max_mb() -> u64 {
+        512
+    }
+    pub fn spool_max_age_h() -> u64 {
+        7 * 24
+    }
+    pub fn replay_per_second() -> u32 {
+        200
+    }
     pub fn fleet() -> String {
         "default".into()
     }
@@ -362,14 +403,24 @@ mod defaults {
     }
     pub fn sim_robots() -> Vec<SimRobot> {
         vec![
-            SimRobot { name: "tugger-01".into(), battery: 79.0, speed_mps: 1.2, path: SimPath::Loop { center: [60.0, 60.0], radius: 25.0 } },
+            SimRobot {
+                name: "tugger-01".into(),
+                battery: 79.0,
+                speed_mps: 1.2,
+                path: SimPath::Loop { center: [60.0, 60.0], radius: 25.0 },
+            },
             SimRobot {
                 name: "tugger-02".into(),
                 battery: 77.0,
                 speed_mps: 1.0,
                 path: SimPath::Rectangle { corner: [120.0, 30.0], width: 60.0, height: 40.0 },
             },
-            SimRobot { name: "tugger-03".into(), battery: 75.0, speed_mps: 1.5, path: SimPath::Line { from: [20.0, 150.0], to: [200.0, 150.0] } },
+            SimRobot {
+                name: "tugger-03".into(),
+                battery: 75.0,
+                speed_mps: 1.5,
+                path: SimPath::Line { from: [20.0, 150.0], to: [200.0, 150.0] },
+            },
         ]
     }
     pub fn localhost() -> String {
@@ -466,7 +517,8 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
 
 /// Parses configuration text; relative paths resolve against `base`, `${VAR}` through `env`.
 pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<ConfigError>> {
-    let mut root: Value = serde_saphyr::from_str(text).map_err(|e| vec![ConfigError::new("", format!("not valid YAML: {e}"))])?;
+    let mut root: Value =
+        serde_saphyr::from_str(text).map_err(|e| vec![ConfigError::new("", format!("not valid YAML: {e}"))])?;
     if root.is_null() {
         root = Value::Object(Default::default());
     }

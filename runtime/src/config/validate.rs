@@ -22,12 +22,15 @@ pub(super) fn build(mut root: Value, base: &Path, errors: &mut Vec<ConfigError>)
     let (source_paths, sources): (Vec<String>, Vec<SourceConfig>) = sources.into_iter().unzip();
     let (plant_paths, plants): (Vec<String>, Vec<PlantConfig>) = plants.into_iter().unzip();
     // With a problem at the top, carry on with defaults to find the problems below it.
-    let top: TopLevel = typed(root, "", errors).unwrap_or_else(|| serde_json::from_value(Value::Object(Default::default())).expect("every top-level key has a default"));
+    let top: TopLevel = typed(root, "", errors).unwrap_or_else(|| {
+        serde_json::from_value(Value::Object(Default::default())).expect("every top-level key has a default")
+    });
     let mut config = Config {
         state_dir: base.join(&top.state_dir),
         http: top.http,
         summary_interval: Duration::from_secs(top.summary_interval_s.max(1)),
         sandbox: top.sandbox,
+        spool: top.spool,
         embedded_broker: top.embedded_broker,
         simulator: top.simulator,
         sources,
@@ -194,6 +197,10 @@ fn check(config: &Config, source_paths: &[String], plant_paths: &[String], error
     for (plant, path) in config.plants.iter().zip(plant_paths) {
         check_plant(plant, path, &mut err);
     }
+    let spool = &config.spool;
+    if spool.max_mb == 0 || spool.max_age_h == 0 || spool.replay_per_second == 0 || spool.hard_cap_mb == Some(0) {
+        err("spool".into(), "max_mb, max_age_h, replay_per_second and hard_cap_mb must be above 0".into());
+    }
     let s = &config.sandbox;
     if s.memory_mb == 0 || s.call_timeout_ms == 0 || s.max_positions_per_message == 0 {
         err("sandbox".into(), "memory_mb, call_timeout_ms and max_positions_per_message must be above 0".into());
@@ -249,7 +256,9 @@ fn check_source(config: &Config, source: &SourceConfig, path: &str, err: &mut im
         if tls.client_cert.is_some() != tls.client_key.is_some() {
             err(format!("{path}.mqtt.tls"), "client_cert and client_key go together".into());
         }
-        for (key, file) in [("ca_file", &tls.ca_file), ("client_cert", &tls.client_cert), ("client_key", &tls.client_key)] {
+        for (key, file) in
+            [("ca_file", &tls.ca_file), ("client_cert", &tls.client_cert), ("client_key", &tls.client_key)]
+        {
             if let Some(file) = file.as_ref().filter(|f| !f.is_file()) {
                 err(format!("{path}.mqtt.tls.{key}"), format!("{} does not exist", file.display()));
             }
@@ -271,7 +280,12 @@ fn check_transform(t: &TransformConfig, path: &str, err: &mut impl FnMut(String,
     }
     let det = a * d - b * c;
     if det.abs() < 1e-9 {
-        err(format!("{path}.affine"), format!("[a, b, c, d] = [{a}, {b}, {c}, {d}] is singular (a·d − b·c = 0): it would fold the map onto a line"));
+        err(
+            format!("{path}.affine"),
+            format!(
+                "[a, b, c, d] = [{a}, {b}, {c}, {d}] is singular (a·d − b·c = 0): it would fold the map onto a line"
+            ),
+        );
     }
 }
 
@@ -320,7 +334,10 @@ fn check_plant(plant: &PlantConfig, path: &str, err: &mut impl FnMut(String, Str
         }
         let login = device.login.clone().unwrap_or_else(|| robot.clone());
         if let Some(other) = logins.insert(login.clone(), robot) {
-            err(format!("{at}.login"), format!("login `{login}` is already used by device {other:?}: one Twinzo device per robot"));
+            err(
+                format!("{at}.login"),
+                format!("login `{login}` is already used by device {other:?}: one Twinzo device per robot"),
+            );
         }
     }
     if !(10..=60_000).contains(&plant.batching.flush_interval_ms) {
@@ -350,14 +367,23 @@ pub(super) fn warnings(config: &Config) -> Vec<ConfigError> {
             ));
         }
         if source.mqtt.tls.as_ref().is_some_and(|t| t.insecure) {
-            out.push(ConfigError::new(format!("sources[{i}].mqtt.tls.insecure"), "the broker's certificate will NOT be verified"));
+            out.push(ConfigError::new(
+                format!("sources[{i}].mqtt.tls.insecure"),
+                "the broker's certificate will NOT be verified",
+            ));
         }
         if source.mqtt.qos == 0 {
-            out.push(ConfigError::new(format!("sources[{i}].mqtt.qos"), "QoS 0 loses messages on any hiccup, and some brokers (ATI) refuse it"));
+            out.push(ConfigError::new(
+                format!("sources[{i}].mqtt.qos"),
+                "QoS 0 loses messages on any hiccup, and some brokers (ATI) refuse it",
+            ));
         }
         let plant = config.plant(&source.plant);
         if plant.is_some_and(|p| p.devices.is_empty()) {
-            out.push(ConfigError::new(format!("sources[{i}].plant"), format!("plant `{}` maps no devices: every robot will be unknown", source.plant)));
+            out.push(ConfigError::new(
+                format!("sources[{i}].plant"),
+                format!("plant `{}` maps no devices: every robot will be unknown", source.plant),
+            ));
         }
     }
     if !config.http.listen.ip().is_loopback() {

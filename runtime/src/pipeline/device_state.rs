@@ -41,7 +41,15 @@ pub struct VendorHints {
 
 impl DeviceState {
     /// Records a position at sector (x, y) mm measured at `at_ms`, arrived at `arrived_ms`.
-    pub fn update(&mut self, at_ms: u64, arrived_ms: u64, x: f64, y: f64, hints: VendorHints, motion: &MotionConfig) -> Derived {
+    pub fn update(
+        &mut self,
+        at_ms: u64,
+        arrived_ms: u64,
+        x: f64,
+        y: f64,
+        hints: VendorHints,
+        motion: &MotionConfig,
+    ) -> Derived {
         let moved = self.moved(at_ms, x, y, motion);
         let is_moving = match (hints.moving, hints.speed_mps) {
             (Some(flag), _) => flag,
@@ -140,7 +148,10 @@ mod tests {
         let mut s = DeviceState::default();
         let none = VendorHints::default();
         assert_eq!(at(&mut s, 0, 0.0, none).battery, None, "never invented");
-        assert_eq!(at(&mut s, 1, 0.0, VendorHints { battery_percent: Some(82.5), ..Default::default() }).battery, Some(83));
+        assert_eq!(
+            at(&mut s, 1, 0.0, VendorHints { battery_percent: Some(82.5), ..Default::default() }).battery,
+            Some(83)
+        );
         assert_eq!(at(&mut s, 2, 0.0, none).battery, Some(83), "last known");
     }
 }

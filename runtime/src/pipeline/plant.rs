@@ -66,7 +66,14 @@ impl PlantPipeline {
         self.check_skew(&p.device_id, at_ms, received_at_ms);
         let (x, y, z) = transform.apply(p.x, p.y, p.z);
         let hints = VendorHints { moving: p.moving, speed_mps: p.speed_mps, battery_percent: p.battery_percent };
-        let derived = self.states.entry(p.device_id.clone()).or_default().update(at_ms, received_at_ms, x, y, hints, &self.config.motion);
+        let derived = self.states.entry(p.device_id.clone()).or_default().update(
+            at_ms,
+            received_at_ms,
+            x,
+            y,
+            hints,
+            &self.config.motion,
+        );
         Outcome::Location {
             robot: p.device_id.clone(),
             location: TwinzoLocation {
@@ -86,7 +93,11 @@ impl PlantPipeline {
 
     fn unknown_robot(&mut self, source: &str, robot: &str) {
         metrics::counter!("edge_unknown_device_positions_total", "plant" => self.name.clone(), "source" => source.to_string()).increment(1);
-        let key = if self.unknown.len() < MAX_UNKNOWN_TRACKED || self.unknown.contains_key(robot) { robot } else { "(others)" };
+        let key = if self.unknown.len() < MAX_UNKNOWN_TRACKED || self.unknown.contains_key(robot) {
+            robot
+        } else {
+            "(others)"
+        };
         let entry = self.unknown.entry(key.to_string()).or_insert(UnknownRobot { unreported: 0, last_logged: None });
         entry.unreported += 1;
         if entry.last_logged.is_none_or(|t| t.elapsed() >= UNKNOWN_LOG_INTERVAL) {
@@ -100,7 +111,10 @@ impl PlantPipeline {
     }
 
     fn check_skew(&mut self, robot: &str, at_ms: u64, received_ms: u64) {
-        if at_ms.abs_diff(received_ms) > SKEW_WARN_MS && self.skew_warned.len() < MAX_UNKNOWN_TRACKED && self.skew_warned.insert(robot.to_string()) {
+        if at_ms.abs_diff(received_ms) > SKEW_WARN_MS
+            && self.skew_warned.len() < MAX_UNKNOWN_TRACKED
+            && self.skew_warned.insert(robot.to_string())
+        {
             tracing::warn!(
                 plant = %self.name, robot, skew_s = (at_ms as i64 - received_ms as i64) / 1000,
                 "vendor timestamps are far from this machine's clock (a feed labelling local time as UTC? see the plugin's timestamp options)"
@@ -116,7 +130,8 @@ mod tests {
 
     fn plant() -> PlantPipeline {
         let mut devices = std::collections::BTreeMap::new();
-        devices.insert("tug-133".to_string(), DeviceConfig { login: Some("tugger-01".into()), password: None, sector: 1 });
+        devices
+            .insert("tug-133".to_string(), DeviceConfig { login: Some("tugger-01".into()), password: None, sector: 1 });
         PlantPipeline::new(PlantConfig {
             name: "p".into(),
             twinzo: None,
@@ -128,7 +143,10 @@ mod tests {
     }
 
     fn position(id: &str) -> Position {
-        serde_json::from_value(serde_json::json!({"device_id": id, "x": 1.0, "y": 2.0, "z": 0.0, "battery_percent": 50.0})).unwrap()
+        serde_json::from_value(
+            serde_json::json!({"device_id": id, "x": 1.0, "y": 2.0, "z": 0.0, "battery_percent": 50.0}),
+        )
+        .unwrap()
     }
 
     const MM: Transform = Transform { a: 1000.0, b: 0.0, c: 0.0, d: -1000.0, tx: 10.0, ty: 20.0, z_scale: 1000.0 };
@@ -136,7 +154,9 @@ mod tests {
     #[test]
     fn known_robot_becomes_a_location_in_its_sector() {
         let mut p = plant();
-        let Outcome::Location { robot, location } = p.process("s", &MM, &position("tug-133"), 1_700_000_000_000) else { panic!() };
+        let Outcome::Location { robot, location } = p.process("s", &MM, &position("tug-133"), 1_700_000_000_000) else {
+            panic!()
+        };
         assert_eq!(robot, "tug-133");
         assert_eq!((location.x, location.y, location.sector_id), (1010.0, -1980.0, 1));
         assert_eq!(location.timestamp, 1_700_000_000_000, "receive time stands in for a missing vendor time");
@@ -154,6 +174,20 @@ mod tests {
         let Outcome::Location { location, .. } = p.process("s", &MM, &position("tug-133"), 5) else { panic!() };
         let json = serde_json::to_value(&location).unwrap();
         let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(keys, ["Timestamp", "SectorId", "X", "Y", "Z", "Interval", "Battery", "IsMoving", "LocalizationAreas", "NoGoAreas"]);
+        assert_eq!(
+            keys,
+            [
+                "Timestamp",
+                "SectorId",
+                "X",
+                "Y",
+                "Z",
+                "Interval",
+                "Battery",
+                "IsMoving",
+                "LocalizationAreas",
+                "NoGoAreas"
+            ]
+        );
     }
 }

@@ -13,7 +13,7 @@ pub use health::HealthBoard;
 
 use crate::config::{self, Config, SourceConfig};
 use crate::plugin::{LoadError, LoadedPlugin, PluginEngine, SandboxLimits};
-use plant::PlantRuntime;
+use plant::{PlantRuntime, PlantSettings};
 use source::{Route, SourceRuntime};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -37,7 +37,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = loaded.config;
     crate::source::install_crypto_provider();
     let metrics = crate::http::install_metrics()?;
-    std::fs::create_dir_all(&config.state_dir).map_err(|e| anyhow::anyhow!("cannot create state_dir {}: {e}", config.state_dir.display()))?;
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create state_dir {}: {e}", config.state_dir.display()))?;
     let engine = PluginEngine::new(sandbox_limits(&config), Some(config.state_dir.join("compiled")))?;
     if let Some(broker) = config.embedded_broker.clone() {
         tokio::task::spawn_blocking(move || crate::broker::start(&broker)).await??;
@@ -45,7 +46,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let health = Arc::new(HealthBoard::default());
     crate::http::serve(config.http.listen, health.clone(), metrics).await?;
     let (changes_tx, mut changes) = mpsc::unbounded_channel();
-    let watcher = FileWatcher::new(changes_tx).map_err(|e| tracing::warn!("hot reload is off: cannot watch files: {e}")).ok();
+    let watcher =
+        FileWatcher::new(changes_tx).map_err(|e| tracing::warn!("hot reload is off: cannot watch files: {e}")).ok();
     let mut runtime = Runtime {
         config_path,
         config: Config { sources: Vec::new(), plants: Vec::new(), simulator: None, ..config.clone() },
@@ -57,7 +59,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         watcher,
     };
     runtime.apply(config).await?;
-    tracing::info!(sources = runtime.sources.len(), plants = runtime.plants.len(), "edge is running; edit the config or replace a plugin file to reload");
+    tracing::info!(
+        sources = runtime.sources.len(),
+        plants = runtime.plants.len(),
+        "edge is running; edit the config or replace a plugin file to reload"
+    );
 
     let mut summary = tokio::time::interval(runtime.config.summary_interval);
     summary.tick().await;
@@ -111,14 +117,15 @@ impl Runtime {
     async fn apply(&mut self, new: Config) -> anyhow::Result<()> {
         let plugins = self.plugins_for(&new).await?;
         for plant in &new.plants {
+            let settings = PlantSettings::of(plant, &new);
             match self.plants.get_mut(&plant.name) {
-                Some(running) if running.config == *plant => {}
-                Some(running) => running.reconfigure(plant.clone()).await,
+                Some(running) if running.settings == settings => {}
+                Some(running) => running.reconfigure(settings).await,
                 None => {
-                    let runtime = PlantRuntime::start(plant.clone())?;
+                    let runtime = PlantRuntime::start(settings, &new).await?;
                     self.health.set_plant(&plant.name, runtime.reach.clone());
-                    self.spawn_preflight(plant);
                     self.plants.insert(plant.name.clone(), runtime);
+                    self.spawn_preflight(plant);
                 }
             }
         }
@@ -140,7 +147,14 @@ impl Runtime {
         if new.simulator != self.config.simulator {
             self.restart_simulator(&new);
         }
-        for (what, changed) in [("embedded_broker", new.embedded_broker != self.config.embedded_broker), ("http", new.http != self.config.http), ("sandbox", new.sandbox != self.config.sandbox), ("state_dir", new.state_dir != self.config.state_dir)] {
+        let restart_only = [
+            ("embedded_broker", new.embedded_broker != self.config.embedded_broker),
+            ("http", new.http != self.config.http),
+            ("sandbox", new.sandbox != self.config.sandbox),
+            ("state_dir", new.state_dir != self.config.state_dir),
+            ("spool.hard_cap_mb", new.spool.hard_cap_mb != self.config.spool.hard_cap_mb),
+        ];
+        for (what, changed) in restart_only {
             if changed && !self.sources.is_empty() {
                 tracing::warn!("`{what}` changed: that takes effect at the next restart");
             }
@@ -208,7 +222,8 @@ impl Runtime {
         if paths.contains(&self.config_path) {
             self.reload_config().await;
         }
-        let plugin_paths: HashSet<PathBuf> = self.config.sources.iter().map(|s| s.plugin.path.clone()).filter(|p| paths.contains(p)).collect();
+        let plugin_paths: HashSet<PathBuf> =
+            self.config.sources.iter().map(|s| s.plugin.path.clone()).filter(|p| paths.contains(p)).collect();
         for path in plugin_paths {
             self.reload_plugin(&path).await;
         }
@@ -266,7 +281,9 @@ impl Runtime {
                 (Err(e), running) => {
                     metrics::counter!("edge_reloads_total", "kind" => "plugin", "outcome" => "rejected").increment(1);
                     match running {
-                        Some(_) => tracing::error!(source = %source.name, "rejected the new plugin file, keeping the running version: {e}"),
+                        Some(_) => {
+                            tracing::error!(source = %source.name, "rejected the new plugin file, keeping the running version: {e}")
+                        }
                         None => log_waiting(&source.name, &e),
                     }
                 }
@@ -302,7 +319,11 @@ impl Runtime {
         }
         let Some(sim) = new.simulator.clone() else { return };
         let broker = sim.broker.clone().unwrap_or_else(|| {
-            let listen = new.embedded_broker.as_ref().expect("validated: a simulator without broker needs the embedded one").listen;
+            let listen = new
+                .embedded_broker
+                .as_ref()
+                .expect("validated: a simulator without broker needs the embedded one")
+                .listen;
             let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
             format!("{host}:{}", listen.port())
         });
@@ -317,7 +338,9 @@ impl Runtime {
 
     fn watch_files(&mut self) {
         let Some(watcher) = &mut self.watcher else { return };
-        let files: Vec<&Path> = std::iter::once(self.config_path.as_path()).chain(self.config.sources.iter().map(|s| s.plugin.path.as_path())).collect();
+        let files: Vec<&Path> = std::iter::once(self.config_path.as_path())
+            .chain(self.config.sources.iter().map(|s| s.plugin.path.as_path()))
+            .collect();
         watcher.watch_files(files);
     }
 
@@ -357,7 +380,8 @@ async fn debounce(first: PathBuf, changes: &mut mpsc::UnboundedReceiver<PathBuf>
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -57,9 +57,20 @@ impl SourceRuntime {
     /// Connects to the broker, subscribing to the configured topics or the plugin's defaults.
     pub fn connect(&mut self) {
         let (Some(tx), Some(plugin)) = (self.inbound.clone(), self.plugin()) else { return };
-        let topics = if self.config.mqtt.topics.is_empty() { plugin.info.default_topics.clone() } else { self.config.mqtt.topics.clone() };
+        let topics = if self.config.mqtt.topics.is_empty() {
+            plugin.info.default_topics.clone()
+        } else {
+            self.config.mqtt.topics.clone()
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(run_source(self.config.name.as_str().into(), self.config.mqtt.clone(), topics, tx, self.status.clone(), stop_rx));
+        let task = tokio::spawn(run_source(
+            self.config.name.as_str().into(),
+            self.config.mqtt.clone(),
+            topics,
+            tx,
+            self.status.clone(),
+            stop_rx,
+        ));
         self.mqtt = Some((stop_tx, task));
     }
 
@@ -104,16 +115,30 @@ fn worker(source: Arc<str>, mut rx: mpsc::Receiver<Inbound>, route: Arc<ArcSwapO
         }
         let instance = instance.as_mut().expect("instantiated above");
         let plugin = route.plugin.info.name.clone();
-        let message = crate::model::Message { topic: inbound.topic, payload: inbound.payload, received_at_ms: inbound.received_at_ms };
+        let message = crate::model::Message {
+            topic: inbound.topic,
+            payload: inbound.payload,
+            received_at_ms: inbound.received_at_ms,
+        };
         let started = Instant::now();
         let result = instance.translate(&message);
-        metrics::histogram!("edge_plugin_call_seconds", "plugin" => plugin.clone()).record(started.elapsed().as_secs_f64());
-        metrics::counter!("edge_plugin_calls_total", "plugin" => plugin.clone(), "source" => source.to_string()).increment(1);
+        metrics::histogram!("edge_plugin_call_seconds", "plugin" => plugin.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("edge_plugin_calls_total", "plugin" => plugin.clone(), "source" => source.to_string())
+            .increment(1);
         match result {
             Ok(positions) if positions.is_empty() => inbound.ack.send(),
             Ok(positions) => {
-                let input = PlantInput { source: source.clone(), positions, transform: route.transform, received_at_ms: message.received_at_ms, ack: inbound.ack };
-                if let Err(mpsc::error::SendError(PlantMsg::Input(input))) = route.plant.blocking_send(PlantMsg::Input(input)) {
+                let input = PlantInput {
+                    source: source.clone(),
+                    positions,
+                    transform: route.transform,
+                    received_at_ms: message.received_at_ms,
+                    ack: inbound.ack,
+                };
+                if let Err(mpsc::error::SendError(PlantMsg::Input(input))) =
+                    route.plant.blocking_send(PlantMsg::Input(input))
+                {
                     input.ack.send();
                 }
             }

@@ -46,7 +46,9 @@ impl FileWatcher {
                 Ok(()) => {
                     self.dirs.insert(dir.to_path_buf());
                 }
-                Err(e) => tracing::warn!(dir = %dir.display(), "cannot watch for changes (hot reload off for files there): {e}"),
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), "cannot watch for changes (hot reload off for files there): {e}")
+                }
             }
         }
     }

@@ -9,7 +9,8 @@ use tokio::sync::watch;
 
 /// Runs until `stop` turns true. `broker` is `host:port`.
 pub async fn run(config: SimulatorConfig, broker: String, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let (host, port) = broker.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("simulator broker `{broker}` is not host:port"))?;
+    let (host, port) =
+        broker.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("simulator broker `{broker}` is not host:port"))?;
     let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("simulator broker `{broker}`: bad port"))?;
     let mut options = MqttOptions::new(format!("edge-sim-{}", std::process::id()), host, port);
     options.set_keep_alive(Duration::from_secs(30)).set_request_channel_capacity(1024);

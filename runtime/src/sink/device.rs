@@ -1,22 +1,23 @@
-//! One device's worker: gathers its locations for a flush interval, posts them as one batch,
-//! and retries with backoff when the post fails. One failing device never holds up another.
+//! One device's worker: takes that device's positions from the plant's spool, posts them as
+//! batches, and removes them only once Twinzo confirmed them. After an outage it sends the
+//! latest position first (the twin is current at once), then replays the backlog in time
+//! order at a bounded rate. One failing device never holds up another.
 
-use super::{DryRun, Reachability};
 use super::twinzo::TwinzoDevice;
+use super::{DryRun, Reachability};
 use crate::backoff::Backoff;
 use crate::config::BatchingConfig;
 use crate::model::TwinzoLocation;
-use std::collections::VecDeque;
+use crate::spool::{Row, Spool, SpoolError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::sync::{Notify, watch};
 
-/// Locations held in memory per device while Twinzo is unreachable; the oldest go first.
-const QUEUE_LIMIT: usize = 100_000;
-/// Attempts to deliver what is left when the runtime shuts down.
-const SHUTDOWN_ATTEMPTS: usize = 3;
+/// Without a wake-up, look at the spool this often (`edge spool retry` adds rows from outside).
+const POLL: Duration = Duration::from_secs(5);
+/// At shutdown, one last post may take this long; what is left stays in the spool.
+const LAST_POST: Duration = Duration::from_secs(5);
 
 /// How a post went.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,117 +46,193 @@ impl Poster {
     }
 }
 
-/// The sending side of a device worker.
-#[derive(Clone)]
+/// What a worker needs to know about pacing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pacing {
+    pub batching: BatchingConfig,
+    /// Backlog replay rate, positions per second.
+    pub replay_per_second: u32,
+}
+
+/// How to reach a running worker: wake it when positions arrive, stop it.
 pub struct DeviceHandle {
-    tx: mpsc::Sender<TwinzoLocation>,
+    wake: Arc<Notify>,
+    stop: watch::Sender<bool>,
 }
 
 impl DeviceHandle {
-    /// Hands a location to the worker; waits while its inbox is full (backpressure).
-    pub async fn send(&self, location: TwinzoLocation) -> bool {
-        self.tx.send(location).await.is_ok()
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+impl Drop for DeviceHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
 
 pub struct DeviceWorker {
     plant: String,
     robot: String,
-    rx: mpsc::Receiver<TwinzoLocation>,
-    pending: VecDeque<TwinzoLocation>,
+    spool: Arc<Spool>,
+    wake: Arc<Notify>,
+    stop: watch::Receiver<bool>,
     poster: Poster,
-    batching: BatchingConfig,
+    pacing: Pacing,
     retry: Backoff,
-    failing_since: Option<(Instant, u64)>,
+    failing_since: Option<(tokio::time::Instant, u64)>,
     reach: Arc<Reachability>,
+    /// Set once the latest position went out ahead of a backlog; cleared when caught up.
+    sent_latest: bool,
+}
+
+/// What to do after one post.
+enum Next {
+    Idle,
+    After(Duration),
 }
 
 impl DeviceWorker {
-    pub fn new(plant: &str, robot: &str, poster: Poster, batching: BatchingConfig, reach: Arc<Reachability>) -> (DeviceHandle, DeviceWorker) {
-        let (tx, rx) = mpsc::channel(1024);
+    pub fn new(
+        plant: &str,
+        robot: &str,
+        spool: Arc<Spool>,
+        poster: Poster,
+        pacing: Pacing,
+        reach: Arc<Reachability>,
+    ) -> (DeviceHandle, DeviceWorker) {
+        let (wake, (stop_tx, stop)) = (Arc::new(Notify::new()), watch::channel(false));
         let worker = DeviceWorker {
             plant: plant.into(),
             robot: robot.into(),
-            rx,
-            pending: VecDeque::new(),
+            spool,
+            wake: wake.clone(),
+            stop,
             poster,
-            batching,
+            pacing,
             retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
             failing_since: None,
             reach,
+            sent_latest: false,
         };
-        (DeviceHandle { tx }, worker)
+        (DeviceHandle { wake, stop: stop_tx }, worker)
     }
 
-    /// Runs until every handle is dropped, then makes a last attempt to deliver what it holds.
+    /// Runs until its handle is dropped. Starts with whatever the spool holds (a restart).
     pub async fn run(mut self) {
-        let mut next_post: Option<Instant> = None;
+        let mut next = Next::After(Duration::ZERO);
         loop {
-            tokio::select! {
-                received = self.rx.recv() => match received {
-                    Some(location) => {
-                        self.enqueue(location);
-                        let window = Instant::now() + Duration::from_millis(self.batching.flush_interval_ms);
-                        next_post = Some(match next_post {
-                            _ if self.pending.len() >= self.batching.max_batch && self.failing_since.is_none() => Instant::now(),
-                            Some(at) => at,
-                            None => window,
-                        });
+            let wait = match next {
+                Next::Idle => {
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(POLL) => {}
+                        _ = self.stop.wait_for(|s| *s) => break,
                     }
-                    None => break,
-                },
-                () = sleep_until(next_post) => {
-                    next_post = self.post_once().await;
+                    // Let the batch window fill.
+                    Duration::from_millis(self.pacing.batching.flush_interval_ms)
                 }
+                Next::After(wait) => wait,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = self.stop.wait_for(|s| *s) => break,
+            }
+            next = self.post_once().await;
+        }
+        let _ = tokio::time::timeout(LAST_POST, self.post_once()).await;
+    }
+
+    /// Posts one batch from the spool.
+    async fn post_once(&mut self) -> Next {
+        match self.try_post().await {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(plant = %self.plant, robot = %self.robot, "cannot read the spool: {e}");
+                Next::After(Duration::from_secs(1))
             }
         }
-        self.drain_on_shutdown().await;
     }
 
-    fn enqueue(&mut self, location: TwinzoLocation) {
-        if self.pending.len() >= QUEUE_LIMIT {
-            self.pending.pop_front();
-            self.count_dropped("queue-full", 1);
+    async fn try_post(&mut self) -> Result<Next, SpoolError> {
+        let (robot, max) = (self.robot.clone(), self.pacing.batching.max_batch);
+        let pending = self.spool(move |s| s.pending(&robot)).await?;
+        metrics::gauge!("edge_spool_queued", "plant" => self.plant.clone(), "device" => self.robot.clone())
+            .set(pending as f64);
+        if pending == 0 {
+            self.sent_latest = false;
+            return Ok(Next::Idle);
         }
-        self.pending.push_back(location);
-    }
-
-    /// Posts one batch; returns when to post next (`None`: nothing left).
-    async fn post_once(&mut self) -> Option<Instant> {
-        let n = self.pending.len().min(self.batching.max_batch);
-        let batch: Vec<TwinzoLocation> = self.pending.iter().take(n).cloned().collect();
+        let backlog = pending > max as u64;
+        let latest_first = backlog && !self.sent_latest;
+        let robot = self.robot.clone();
+        let rows: Vec<Row> = self
+            .spool(
+                move |s| if latest_first { Ok(s.latest(&robot)?.into_iter().collect()) } else { s.oldest(&robot, max) },
+            )
+            .await?;
+        let batch: Vec<TwinzoLocation> = rows.iter().map(|r| r.location.clone()).collect();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let started = std::time::Instant::now();
         let result = self.poster.post(&batch).await;
-        metrics::histogram!("edge_twinzo_post_seconds", "plant" => self.plant.clone()).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("edge_twinzo_post_seconds", "plant" => self.plant.clone())
+            .record(started.elapsed().as_secs_f64());
         match result {
-            PostResult::Accepted => self.delivered(n, 0),
+            PostResult::Accepted => {
+                self.spool(move |s| s.remove(&ids)).await?;
+                self.delivered(batch.len());
+            }
             PostResult::Partial { rejected, reason, detail } => {
-                self.count_dropped(reason, rejected.len() as u64);
-                tracing::warn!(plant = %self.plant, robot = %self.robot, rejected = rejected.len(), "Twinzo refused some locations: {detail}");
-                self.delivered(n, rejected.len());
+                let refused: Vec<i64> = rejected.iter().filter_map(|i| ids.get(*i).copied()).collect();
+                let kept: Vec<i64> = ids.iter().copied().filter(|id| !refused.contains(id)).collect();
+                tracing::warn!(plant = %self.plant, robot = %self.robot, rejected = refused.len(), "Twinzo refused some locations (dead-lettered): {detail}");
+                self.dead_letter(refused, reason, &detail).await?;
+                self.spool(move |s| s.remove(&kept)).await?;
+                self.delivered(batch.len() - rejected.len());
             }
             PostResult::Rejected { reason, detail } => {
-                self.pending.drain(..n);
-                self.count_dropped(reason, n as u64);
                 self.failed(reason, &detail, true);
+                self.dead_letter(ids, reason, &detail).await?;
             }
             PostResult::Retry { reason, detail } => {
                 self.failed(reason, &detail, false);
-                return Some(Instant::now() + self.retry.next_delay());
+                return Ok(Next::After(self.retry.next_delay()));
             }
         }
-        match self.pending.len() {
-            0 => None,
-            backlog if backlog >= self.batching.max_batch => Some(Instant::now()),
-            _ => Some(Instant::now() + Duration::from_millis(self.batching.flush_interval_ms)),
-        }
+        self.sent_latest |= latest_first;
+        let left = pending.saturating_sub(batch.len() as u64);
+        Ok(match left {
+            0 => Next::Idle,
+            // Catching up: bounded replay rate.
+            _ if backlog => {
+                Next::After(Duration::from_secs_f64(batch.len() as f64 / self.pacing.replay_per_second.max(1) as f64))
+            }
+            _ => Next::After(Duration::from_millis(self.pacing.batching.flush_interval_ms)),
+        })
     }
 
-    fn delivered(&mut self, n: usize, rejected: usize) {
-        self.pending.drain(..n);
+    async fn spool<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || f(&spool)).await.expect("spool calls do not panic")
+    }
+
+    async fn dead_letter(&self, ids: Vec<i64>, reason: &'static str, detail: &str) -> Result<(), SpoolError> {
+        let n = ids.len() as u64;
+        let detail = detail.to_string();
+        self.spool(move |s| s.dead_letter(&ids, reason, &detail)).await?;
+        metrics::counter!("edge_spool_dead_letters_total", "plant" => self.plant.clone(), "device" => self.robot.clone(), "reason" => reason).increment(n);
+        Ok(())
+    }
+
+    fn delivered(&mut self, n: usize) {
         self.reach.set(true);
-        metrics::counter!("edge_positions_posted_total", "plant" => self.plant.clone(), "device" => self.robot.clone()).increment((n - rejected) as u64);
-        crate::stats::STATS.posted.fetch_add((n - rejected) as u64, Relaxed);
+        metrics::counter!("edge_positions_posted_total", "plant" => self.plant.clone(), "device" => self.robot.clone())
+            .increment(n as u64);
+        crate::stats::STATS.posted.fetch_add(n as u64, Relaxed);
         self.retry.reset();
         if let Some((since, failures)) = self.failing_since.take() {
             tracing::info!(plant = %self.plant, robot = %self.robot, failures, after = ?since.elapsed(), "posting to Twinzo works again");
@@ -169,43 +246,21 @@ impl DeviceWorker {
         self.reach.set(permanent);
         crate::stats::STATS.post_failures.fetch_add(1, Relaxed);
         metrics::counter!("edge_post_failures_total", "plant" => self.plant.clone(), "device" => self.robot.clone(), "reason" => reason).increment(1);
-        let (pending, robot, plant) = (self.pending.len(), &self.robot, &self.plant);
+        let (robot, plant) = (&self.robot, &self.plant);
         match &mut self.failing_since {
             Some((_, failures)) => {
                 *failures += 1;
-                tracing::debug!(%plant, %robot, reason, pending, "posting failed again: {detail}");
+                tracing::debug!(%plant, %robot, reason, "posting failed again: {detail}");
             }
             None => {
-                let what = if permanent { "Twinzo rejected a batch (dropped)" } else { "posting to Twinzo failed; retrying with backoff" };
-                tracing::warn!(%plant, %robot, reason, pending, "{what}: {detail}");
-                self.failing_since = Some((Instant::now(), 1));
+                let what = if permanent {
+                    "Twinzo rejected a batch (dead-lettered, see `edge spool dead`)"
+                } else {
+                    "posting to Twinzo failed; positions stay in the spool and are retried with backoff"
+                };
+                tracing::warn!(%plant, %robot, reason, "{what}: {detail}");
+                self.failing_since = Some((tokio::time::Instant::now(), 1));
             }
         }
-    }
-
-    fn count_dropped(&self, reason: &'static str, n: u64) {
-        metrics::counter!("edge_positions_dropped_total", "plant" => self.plant.clone(), "device" => self.robot.clone(), "reason" => reason).increment(n);
-    }
-
-    async fn drain_on_shutdown(&mut self) {
-        for _ in 0..SHUTDOWN_ATTEMPTS {
-            if self.pending.is_empty() {
-                return;
-            }
-            if let Some(at) = self.post_once().await {
-                tokio::time::sleep_until(at.min(Instant::now() + Duration::from_secs(1))).await;
-            }
-        }
-        if !self.pending.is_empty() {
-            tracing::error!(plant = %self.plant, robot = %self.robot, undelivered = self.pending.len(), "shutting down with positions Twinzo did not confirm");
-            self.count_dropped("shutdown", self.pending.len() as u64);
-        }
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

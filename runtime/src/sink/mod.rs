@@ -1,11 +1,11 @@
-//! Where locations go: per plant, one worker per device that batches its locations and
-//! posts them (to Twinzo, or to the log in a dry run), retrying with backoff on failure.
+//! Where locations go: per plant, one worker per device that takes its locations from the
+//! spool, posts them in batches (to Twinzo, or to the log in a dry run) and retries with backoff.
 
 mod device;
 mod dry_run;
 pub mod twinzo;
 
-pub use device::{DeviceHandle, DeviceWorker, PostResult, Poster};
+pub use device::{DeviceHandle, DeviceWorker, Pacing, PostResult, Poster};
 pub use dry_run::DryRun;
 
 use std::sync::atomic::{AtomicU8, Ordering};

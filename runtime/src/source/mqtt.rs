@@ -152,11 +152,21 @@ fn report_suback(name: &str, topics: &[String], qos: u8, codes: &[Result<u8, Str
         let topic = topics.get(i).map(String::as_str).unwrap_or("?");
         match code {
             Ok(granted) if *granted < qos => {
-                tracing::warn!(source = name, topic, granted, requested = qos, "the broker granted a lower QoS than asked: messages may be lost");
+                tracing::warn!(
+                    source = name,
+                    topic,
+                    granted,
+                    requested = qos,
+                    "the broker granted a lower QoS than asked: messages may be lost"
+                );
             }
             Ok(_) => tracing::info!(source = name, topic, "subscribed"),
             Err(reason) => {
-                let hint = if qos == 0 && reason.contains("135") { " (ATI's broker answers 135 to QoS 0 subscriptions: use qos: 1)" } else { "" };
+                let hint = if qos == 0 && reason.contains("135") {
+                    " (ATI's broker answers 135 to QoS 0 subscriptions: use qos: 1)"
+                } else {
+                    ""
+                };
                 let message = format!("the broker refused the subscription to `{topic}`: {reason}{hint}");
                 tracing::error!(source = name, "{message}");
                 metrics::counter!("edge_subscription_refusals_total", "source" => name.to_string()).increment(1);
@@ -173,10 +183,16 @@ const STABLE: Duration = Duration::from_secs(10);
 /// A protocol-neutral broker event. (A broker's DISCONNECT, e.g. a session takeover,
 /// reaches us as a connection error from rumqttc.)
 enum Event {
-    ConnAck { session_present: bool },
+    ConnAck {
+        session_present: bool,
+    },
     /// Per filter, in subscription order: the granted QoS, or why it was refused.
     SubAck(Vec<Result<u8, String>>),
-    Publish { topic: String, payload: Bytes, ack: Ack },
+    Publish {
+        topic: String,
+        payload: Bytes,
+        ack: Ack,
+    },
     Other,
 }
 
@@ -195,11 +211,16 @@ const REQUEST_CAPACITY: usize = 4096;
 
 fn connect(config: &MqttConfig, client_id: &str) -> anyhow::Result<(Client, EventLoop)> {
     let transport = match &config.tls {
-        Some(tls) => rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_client_config(tls)?))),
+        Some(tls) => {
+            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_client_config(tls)?)))
+        }
         None => rumqttc::Transport::Tcp,
     };
     let keep_alive = Duration::from_secs(config.keep_alive_s.max(5));
-    let credentials = config.username.as_ref().map(|u| (u.clone(), config.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default()));
+    let credentials = config
+        .username
+        .as_ref()
+        .map(|u| (u.clone(), config.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default()));
     Ok(match config.protocol {
         MqttProtocol::V311 => {
             let mut options = rumqttc::MqttOptions::new(client_id, &config.host, config.port());
@@ -241,11 +262,13 @@ impl Client {
         match self {
             Client::V4(c) => {
                 let qos = rumqttc::qos(qos).map_err(|e| e.to_string())?;
-                c.try_subscribe_many(topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), qos))).map_err(|e| e.to_string())
+                c.try_subscribe_many(topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), qos)))
+                    .map_err(|e| e.to_string())
             }
             Client::V5(c) => {
                 let qos = rumqttc::v5::mqttbytes::qos(qos).ok_or("bad QoS")?;
-                c.try_subscribe_many(topics.iter().map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t.clone(), qos))).map_err(|e| e.to_string())
+                c.try_subscribe_many(topics.iter().map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t.clone(), qos)))
+                    .map_err(|e| e.to_string())
             }
         }
     }
@@ -282,10 +305,16 @@ impl EventLoop {
                 _ => Event::Other,
             }),
             EventLoop::V5(events, client) => Ok(match events.poll().await.map_err(|e| e.to_string())? {
-                rumqttc::v5::Event::Incoming(P5::ConnAck(ack)) => Event::ConnAck { session_present: ack.session_present },
-                rumqttc::v5::Event::Incoming(P5::SubAck(ack)) => Event::SubAck(ack.return_codes.iter().map(v5_code).collect()),
+                rumqttc::v5::Event::Incoming(P5::ConnAck(ack)) => {
+                    Event::ConnAck { session_present: ack.session_present }
+                }
+                rumqttc::v5::Event::Incoming(P5::SubAck(ack)) => {
+                    Event::SubAck(ack.return_codes.iter().map(v5_code).collect())
+                }
                 rumqttc::v5::Event::Incoming(P5::Publish(p)) => match String::from_utf8(p.topic.to_vec()) {
-                    Ok(topic) => Event::Publish { topic, payload: p.payload.clone(), ack: Ack::V5(client.clone(), Box::new(p)) },
+                    Ok(topic) => {
+                        Event::Publish { topic, payload: p.payload.clone(), ack: Ack::V5(client.clone(), Box::new(p)) }
+                    }
                     Err(_) => {
                         Ack::V5(client.clone(), Box::new(p)).send();
                         Event::Other

@@ -108,7 +108,12 @@ impl TwinzoApi {
             .connect_timeout(Duration::from_millis(config.timeout_ms.min(5000)))
             .user_agent(concat!("edge/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(TwinzoApi { http, base: config.base_url.trim_end_matches('/').to_string(), tenant: config.client.clone(), api_key: config.api_key.clone() })
+        Ok(TwinzoApi {
+            http,
+            base: config.base_url.trim_end_matches('/').to_string(),
+            tenant: config.client.clone(),
+            api_key: config.api_key.clone(),
+        })
     }
 
     /// `POST /authorization/authenticate` for one device.
@@ -119,12 +124,19 @@ impl TwinzoApi {
         if auth.token.is_empty() {
             return Err(ApiError::BadResponse("authentication answered without a token".into()));
         }
-        Ok(Token { token: Secret::new(auth.token), client: auth.client, branch: auth.branch, expires_at_ms: auth.expiration, created_ms: auth.created })
+        Ok(Token {
+            token: Secret::new(auth.token),
+            client: auth.client,
+            branch: auth.branch,
+            expires_at_ms: auth.expiration,
+            created_ms: auth.created,
+        })
     }
 
     /// `POST /localization` with one device's locations, as a JSON array.
     pub async fn post_locations(&self, token: &Token, batch: &[TwinzoLocation]) -> Result<PostResponse, ApiError> {
-        let request = self.with_device_headers(self.http.post(format!("{}/localization", self.base)), token).json(batch);
+        let request =
+            self.with_device_headers(self.http.post(format!("{}/localization", self.base)), token).json(batch);
         self.read_json(request.send().await, &[token.token.expose()]).await
     }
 
@@ -157,7 +169,9 @@ impl TwinzoApi {
             let text = String::from_utf8_lossy(&body);
             return Err(ApiError::Status { status: status.as_u16(), body: self.scrub(&text, secrets) });
         }
-        serde_json::from_slice(&body).map_err(|e| ApiError::BadResponse(format!("{e} in {}", self.scrub(&String::from_utf8_lossy(&body), secrets))))
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadResponse(format!("{e} in {}", self.scrub(&String::from_utf8_lossy(&body), secrets)))
+        })
     }
 
     /// A response snippet safe to log: short, and without anything we sent as a secret.

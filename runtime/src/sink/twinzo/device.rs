@@ -9,7 +9,8 @@ use crate::sink::PostResult;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Renew a token this long before it expires (Twinzo's last 24 h).
+/// Renew a token this long before it expires (Twinzo's last 24 h), or a fifth of its lifetime
+/// before, when that is shorter.
 const REFRESH_BEFORE_MS: u64 = 10 * 60_000;
 
 pub struct TwinzoDevice {
@@ -57,7 +58,11 @@ impl TwinzoDevice {
 
     /// A valid token, signing in when there is none or it is about to expire.
     async fn token(&mut self) -> Result<Token, PostResult> {
-        if let Some(token) = self.token.as_ref().filter(|t| t.expires_at_ms > now_ms() + REFRESH_BEFORE_MS) {
+        let fresh = |t: &&Token| {
+            let margin = (t.expires_at_ms.saturating_sub(t.created_ms) / 5).min(REFRESH_BEFORE_MS);
+            t.expires_at_ms > now_ms() + margin
+        };
+        if let Some(token) = self.token.as_ref().filter(fresh) {
             return Ok(token.clone());
         }
         if let Some(wait) = self.auth_not_before.filter(|t| *t > Instant::now()) {
@@ -67,7 +72,10 @@ impl TwinzoDevice {
         match self.api.authenticate(&self.login, &self.password).await {
             Ok(token) if token.branch != self.branch => Err(PostResult::Rejected {
                 reason: "wrong-branch",
-                detail: format!("device login {} belongs to branch {}, but the plant is configured for branch {}", self.login, token.branch, self.branch),
+                detail: format!(
+                    "device login {} belongs to branch {}, but the plant is configured for branch {}",
+                    self.login, token.branch, self.branch
+                ),
             }),
             Ok(token) => {
                 self.auth_backoff.reset();
@@ -91,12 +99,17 @@ fn read_response(response: super::api::PostResponse, sent: usize) -> PostResult 
     }
     if response.locations.len() != sent {
         // Twinzo answers one entry per location; anything else we cannot attribute.
-        return PostResult::Retry { reason: "bad-response", detail: format!("{} location results for {sent} locations", response.locations.len()) };
+        return PostResult::Retry {
+            reason: "bad-response",
+            detail: format!("{} location results for {sent} locations", response.locations.len()),
+        };
     }
-    let rejected: Vec<usize> = response.locations.iter().enumerate().filter(|(_, l)| !l.success).map(|(i, _)| i).collect();
+    let rejected: Vec<usize> =
+        response.locations.iter().enumerate().filter(|(_, l)| !l.success).map(|(i, _)| i).collect();
     if rejected.is_empty() {
         return PostResult::Accepted;
     }
-    let detail = response.locations[rejected[0]].error_message.clone().unwrap_or_else(|| "Locations[].Success: false".into());
+    let detail =
+        response.locations[rejected[0]].error_message.clone().unwrap_or_else(|| "Locations[].Success: false".into());
     PostResult::Partial { rejected, reason: "location-rejected", detail }
 }

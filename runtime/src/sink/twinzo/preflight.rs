@@ -25,7 +25,10 @@ pub async fn check_devices(api: &TwinzoApi, plant: &PlantConfig) -> (Vec<String>
             }
         };
         if token.branch != twinzo.branch {
-            problems.push(format!("{who} belongs to branch {}, not the plant's branch {}: Twinzo will refuse its positions", token.branch, twinzo.branch));
+            problems.push(format!(
+                "{who} belongs to branch {}, not the plant's branch {}: Twinzo will refuse its positions",
+                token.branch, twinzo.branch
+            ));
             continue;
         }
         match api.sectors(&token).await {

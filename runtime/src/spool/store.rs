@@ -1,0 +1,435 @@
+//! The SQLite tables and every statement on them. All calls block: async code calls them
+//! through `spawn_blocking`.
+
+use crate::model::{TwinzoLocation, now_ms};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {} is full (its size cap is reached or the disk is full): {source}", path.display())]
+    Full { path: PathBuf, source: rusqlite::Error },
+    #[error("spool {} cannot be opened: {source}", path.display())]
+    Open { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("spool {}: {source}", path.display())]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("spool {}: a stored position is unreadable: {source}", path.display())]
+    Corrupt { path: PathBuf, source: serde_json::Error },
+}
+
+/// The size and age policy of one spool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolLimits {
+    /// Above this many bytes of queued positions, the oldest history goes (each device's
+    /// latest position stays).
+    pub max_bytes: u64,
+    /// Queued positions older than this go (each device's latest position stays).
+    pub max_age_ms: u64,
+}
+
+/// One queued position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub id: i64,
+    pub location: TwinzoLocation,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadRow {
+    pub id: i64,
+    pub device: String,
+    pub timestamp: u64,
+    pub reason: String,
+    pub detail: String,
+    pub failed_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct DeviceCounts {
+    pub queued: u64,
+    pub queued_bytes: u64,
+    pub oldest_ms: Option<u64>,
+    pub dead: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Purge {
+    Queue,
+    Dead,
+}
+
+pub struct Spool {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    enqueued_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_by_device ON queue(device, ts, id);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY,
+    device TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    failed_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_by_device ON dead_letter(device, id);
+";
+
+impl Spool {
+    /// Opens (creating) the spool at `path`. `hard_cap_bytes` makes SQLite refuse to grow the
+    /// file beyond it, as a full disk would.
+    pub fn open(path: &Path, hard_cap_bytes: Option<u64>) -> Result<Self, SpoolError> {
+        let open_err =
+            |source: Box<dyn std::error::Error + Send + Sync>| SpoolError::Open { path: path.into(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(e.into()))?;
+        }
+        let conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| open_err(e.into()))?;
+        // WAL with synchronous=FULL: a committed transaction survives power loss, and readers
+        // (`edge spool`) never block the writer.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| open_err(e.into()))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| open_err(e.into()))?;
+        conn.execute_batch(SCHEMA).map_err(|e| open_err(e.into()))?;
+        if let Some(cap) = hard_cap_bytes {
+            let page: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0)).map_err(|e| open_err(e.into()))?;
+            conn.pragma_update(None, "max_page_count", (cap / page).max(16)).map_err(|e| open_err(e.into()))?;
+        }
+        Ok(Spool { path: path.into(), conn: Mutex::new(conn) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rusqlite::Error) -> SpoolError {
+        let full = matches!(&source, rusqlite::Error::SqliteFailure(e, _) if e.code == ErrorCode::DiskFull);
+        if full {
+            SpoolError::Full { path: self.path.clone(), source }
+        } else {
+            SpoolError::Sqlite { path: self.path.clone(), source }
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, SpoolError> {
+        let mut conn = self.conn.lock().expect("spool lock");
+        f(&mut conn).map_err(|e| self.err(e))
+    }
+
+    /// Stores positions in one durable transaction.
+    pub fn append(&self, items: &[(String, TwinzoLocation)]) -> Result<(), SpoolError> {
+        let now = now_ms() as i64;
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO queue (device, ts, body, bytes, enqueued_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for (device, location) in items {
+                    let body = serde_json::to_string(location).expect("locations serialize");
+                    insert.execute(params![device, location.timestamp as i64, body, body.len() as i64, now])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Positions waiting for `device`.
+    pub fn pending(&self, device: &str) -> Result<u64, SpoolError> {
+        self.with(|conn| {
+            conn.query_row("SELECT COUNT(*) FROM queue WHERE device = ?1", [device], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+        })
+    }
+
+    /// Up to `max` of `device`'s oldest positions, in time order.
+    pub fn oldest(&self, device: &str, max: usize) -> Result<Vec<Row>, SpoolError> {
+        self.rows("SELECT id, body FROM queue WHERE device = ?1 ORDER BY ts, id LIMIT ?2", device, max)
+    }
+
+    /// `device`'s most recent position.
+    pub fn latest(&self, device: &str) -> Result<Option<Row>, SpoolError> {
+        Ok(self
+            .rows("SELECT id, body FROM queue WHERE device = ?1 ORDER BY ts DESC, id DESC LIMIT ?2", device, 1)?
+            .pop())
+    }
+
+    fn rows(&self, sql: &str, device: &str, max: usize) -> Result<Vec<Row>, SpoolError> {
+        let raw: Vec<(i64, String)> = self.with(|conn| {
+            let mut stmt = conn.prepare_cached(sql)?;
+            stmt.query_map(params![device, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        })?;
+        raw.into_iter()
+            .map(|(id, body)| {
+                let location = serde_json::from_str(&body)
+                    .map_err(|source| SpoolError::Corrupt { path: self.path.clone(), source })?;
+                Ok(Row { id, location })
+            })
+            .collect()
+    }
+
+    /// Forgets delivered positions.
+    pub fn remove(&self, ids: &[i64]) -> Result<(), SpoolError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
+                for id in ids {
+                    delete.execute([id])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Moves positions Twinzo refused to the dead letters, with the reason.
+    pub fn dead_letter(&self, ids: &[i64], reason: &str, detail: &str) -> Result<(), SpoolError> {
+        let now = now_ms() as i64;
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut copy = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO dead_letter (id, device, ts, body, reason, detail, failed_ms) SELECT id, device, ts, body, ?2, ?3, ?4 FROM queue WHERE id = ?1",
+                )?;
+                let mut delete = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
+                for id in ids {
+                    copy.execute(params![id, reason, detail, now])?;
+                    delete.execute([id])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Applies the size and age policy; returns the positions dropped per (device, reason).
+    pub fn enforce(&self, limits: &SpoolLimits) -> Result<BTreeMap<(String, &'static str), u64>, SpoolError> {
+        let cutoff = now_ms().saturating_sub(limits.max_age_ms) as i64;
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let mut dropped = BTreeMap::new();
+            // Each device's newest row is never dropped: the twin must stay current.
+            let keep = "id NOT IN (SELECT MAX(id) FROM queue GROUP BY device)";
+            let expired: Vec<(String, i64)> = tx
+                .prepare(&format!(
+                    "SELECT device, COUNT(*) FROM queue WHERE enqueued_ms < ?1 AND {keep} GROUP BY device"
+                ))?
+                .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            tx.execute(&format!("DELETE FROM queue WHERE enqueued_ms < ?1 AND {keep}"), [cutoff])?;
+            for (device, n) in expired {
+                *dropped.entry((device, "expired")).or_default() += n as u64;
+            }
+            let total: i64 = tx.query_row("SELECT COALESCE(SUM(bytes), 0) FROM queue", [], |r| r.get(0))?;
+            let mut excess = total - limits.max_bytes as i64;
+            while excess > 0 {
+                let victims: Vec<(i64, String, i64)> = tx
+                    .prepare_cached(&format!(
+                        "SELECT id, device, bytes FROM queue WHERE {keep} ORDER BY ts, id LIMIT 1000"
+                    ))?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                if victims.is_empty() {
+                    break;
+                }
+                let mut delete = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
+                for (id, device, bytes) in victims {
+                    if excess <= 0 {
+                        break;
+                    }
+                    delete.execute([id])?;
+                    excess -= bytes;
+                    *dropped.entry((device, "full")).or_default() += 1;
+                }
+            }
+            tx.commit()?;
+            Ok(dropped)
+        })
+    }
+
+    /// Queue and dead-letter counts per device.
+    pub fn counts(&self) -> Result<BTreeMap<String, DeviceCounts>, SpoolError> {
+        self.with(|conn| {
+            let mut out: BTreeMap<String, DeviceCounts> = BTreeMap::new();
+            let mut queued =
+                conn.prepare("SELECT device, COUNT(*), SUM(bytes), MIN(enqueued_ms) FROM queue GROUP BY device")?;
+            for row in queued.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, Option<i64>>(3)?))
+            })? {
+                let (device, n, bytes, oldest) = row?;
+                let c = out.entry(device).or_default();
+                (c.queued, c.queued_bytes, c.oldest_ms) = (n as u64, bytes as u64, oldest.map(|o| o as u64));
+            }
+            let mut dead = conn.prepare("SELECT device, COUNT(*) FROM dead_letter GROUP BY device")?;
+            for row in dead.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+                let (device, n) = row?;
+                out.entry(device).or_default().dead = n as u64;
+            }
+            Ok(out)
+        })
+    }
+
+    /// Dead letters, newest first.
+    pub fn dead(&self, device: Option<&str>, limit: usize) -> Result<Vec<DeadRow>, SpoolError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, device, ts, reason, detail, failed_ms FROM dead_letter WHERE ?1 IS NULL OR device = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            stmt.query_map(params![device, limit as i64], |r| {
+                Ok(DeadRow { id: r.get(0)?, device: r.get(1)?, timestamp: r.get::<_, i64>(2)? as u64, reason: r.get(3)?, detail: r.get(4)?, failed_ms: r.get::<_, i64>(5)? as u64 })
+            })?
+            .collect()
+        })
+    }
+
+    /// Puts dead letters back in the queue; returns how many.
+    pub fn retry_dead(&self, device: Option<&str>) -> Result<u64, SpoolError> {
+        let now = now_ms() as i64;
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let n = tx.execute(
+                "INSERT INTO queue (device, ts, body, bytes, enqueued_ms) SELECT device, ts, body, length(body), ?2 FROM dead_letter WHERE ?1 IS NULL OR device = ?1 ORDER BY id",
+                params![device, now],
+            )?;
+            tx.execute("DELETE FROM dead_letter WHERE ?1 IS NULL OR device = ?1", params![device])?;
+            tx.commit()?;
+            Ok(n as u64)
+        })
+    }
+
+    /// Deletes queued positions or dead letters; returns how many.
+    pub fn purge(&self, what: Purge, device: Option<&str>) -> Result<u64, SpoolError> {
+        let table = match what {
+            Purge::Queue => "queue",
+            Purge::Dead => "dead_letter",
+        };
+        self.with(|conn| {
+            conn.execute(&format!("DELETE FROM {table} WHERE ?1 IS NULL OR device = ?1"), params![device])
+                .map(|n| n as u64)
+        })
+    }
+
+    /// Whether any position of `device` is queued (for restart: who has work).
+    pub fn devices_with_work(&self) -> Result<Vec<String>, SpoolError> {
+        self.with(|conn| conn.prepare("SELECT DISTINCT device FROM queue")?.query_map([], |r| r.get(0))?.collect())
+    }
+
+    /// The newest dead letter's id, to tell "new dead letters since" apart.
+    pub fn last_dead_id(&self) -> Result<Option<i64>, SpoolError> {
+        self.with(|conn| {
+            conn.query_row("SELECT MAX(id) FROM dead_letter", [], |r| r.get(0)).optional().map(Option::flatten)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn location(ts: u64) -> TwinzoLocation {
+        TwinzoLocation {
+            timestamp: ts,
+            sector_id: 1,
+            x: 1.0,
+            y: 2.0,
+            z: 0.0,
+            interval: 100,
+            battery: None,
+            is_moving: false,
+            localization_areas: vec![],
+            no_go_areas: vec![],
+        }
+    }
+
+    fn spool() -> (tempfile::TempDir, Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&dir.path().join("s.sqlite"), None).unwrap();
+        (dir, spool)
+    }
+
+    #[test]
+    fn queue_in_time_order_latest_and_removal() {
+        let (_dir, s) = spool();
+        s.append(&[("a".into(), location(3)), ("a".into(), location(1)), ("b".into(), location(2))]).unwrap();
+        let oldest = s.oldest("a", 10).unwrap();
+        assert_eq!(oldest.iter().map(|r| r.location.timestamp).collect::<Vec<_>>(), vec![1, 3]);
+        assert_eq!(s.latest("a").unwrap().unwrap().location.timestamp, 3);
+        s.remove(&[oldest[0].id]).unwrap();
+        assert_eq!(s.pending("a").unwrap(), 1);
+        assert_eq!(s.pending("b").unwrap(), 1);
+    }
+
+    #[test]
+    fn dead_letters_keep_their_reason_and_can_be_retried() {
+        let (_dir, s) = spool();
+        s.append(&[("a".into(), location(1)), ("a".into(), location(2))]).unwrap();
+        let ids: Vec<i64> = s.oldest("a", 10).unwrap().iter().map(|r| r.id).collect();
+        s.dead_letter(&ids, "success-false", "Device tugger-01 does not exist.").unwrap();
+        assert_eq!(s.pending("a").unwrap(), 0);
+        let dead = s.dead(Some("a"), 10).unwrap();
+        assert_eq!(dead.len(), 2);
+        assert_eq!(dead[0].reason, "success-false");
+        assert_eq!(s.counts().unwrap()["a"].dead, 2);
+        assert_eq!(s.retry_dead(None).unwrap(), 2);
+        assert_eq!(s.pending("a").unwrap(), 2);
+        assert!(s.dead(None, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn size_policy_drops_oldest_history_but_keeps_each_latest() {
+        let (_dir, s) = spool();
+        let items: Vec<(String, TwinzoLocation)> =
+            (0..100).flat_map(|t| [("a".to_string(), location(t)), ("b".to_string(), location(t))]).collect();
+        s.append(&items).unwrap();
+        let dropped = s.enforce(&SpoolLimits { max_bytes: 0, max_age_ms: u64::MAX }).unwrap();
+        assert_eq!(dropped[&("a".to_string(), "full")] + dropped[&("b".to_string(), "full")], 198);
+        assert_eq!(s.latest("a").unwrap().unwrap().location.timestamp, 99);
+        assert_eq!(s.pending("a").unwrap() + s.pending("b").unwrap(), 2);
+    }
+
+    #[test]
+    fn age_policy_drops_expired_history() {
+        let (_dir, s) = spool();
+        s.append(&[("a".into(), location(1)), ("a".into(), location(2))]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let dropped = s.enforce(&SpoolLimits { max_bytes: u64::MAX, max_age_ms: 10 }).unwrap();
+        assert_eq!(dropped[&("a".to_string(), "expired")], 1);
+        assert_eq!(s.pending("a").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_hard_cap_is_a_full_error_not_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(&dir.path().join("s.sqlite"), Some(64 << 10)).unwrap();
+        let batch: Vec<(String, TwinzoLocation)> = (0..200).map(|t| ("a".to_string(), location(t))).collect();
+        let mut outcome = Ok(());
+        for _ in 0..100 {
+            outcome = s.append(&batch);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        assert!(matches!(outcome, Err(SpoolError::Full { .. })), "{outcome:?}");
+        // What was committed before is intact.
+        assert!(s.pending("a").unwrap() >= 200);
+    }
+
+    #[test]
+    fn survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        Spool::open(&path, None).unwrap().append(&[("a".into(), location(7))]).unwrap();
+        assert_eq!(Spool::open(&path, None).unwrap().latest("a").unwrap().unwrap().location.timestamp, 7);
+    }
+}
