@@ -6,5 +6,5 @@ wasmtime::component::bindgen!({
     path: "../wit",
 });
 
-pub use edge::plugin::host::Level;
-pub use edge::plugin::types::{Message, Position, TranslateError};
+pub use self::edge::plugin::host::Level;
+pub use self::edge::plugin::types::{Message, Position, TranslateError};
