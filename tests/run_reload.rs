@@ -54,14 +54,6 @@ fn replace(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// The same component with a custom section appended: a different file (new sha256) that
-/// behaves identically.
-fn variant(wasm: &[u8], tag: u8) -> Vec<u8> {
-    let name = b"edge-test";
-    let payload = [&[name.len() as u8][..], name, &[tag]].concat();
-    [wasm, &[0u8, payload.len() as u8], &payload].concat()
-}
-
 fn message(device: &str, i: u64) -> String {
     serde_json::json!({"device_id": device, "timestamp": T0 + i, "position": {"x": 1000 + i, "y": 2000}, "battery": 50})
         .to_string()
@@ -103,13 +95,13 @@ fn plugin_and_config_reload_under_traffic_lose_nothing() {
 
     let step = || std::thread::sleep(Duration::from_millis(400));
     step();
-    replace(&plugin, &variant(&original, 1));
+    replace(&plugin, &support::wasm_variant(&original, 1));
     edge.wait_for_log("plugin loaded; new messages use it", Duration::from_secs(10));
     step();
     replace(&plugin, &original[..original.len() / 3]);
     edge.wait_for_log("rejected the new plugin file, keeping the running version", Duration::from_secs(10));
     step();
-    replace(&plugin, &variant(&original, 2));
+    replace(&plugin, &support::wasm_variant(&original, 2));
     step();
     write_config(5000.0, true);
     edge.wait_for_log("configuration reloaded", Duration::from_secs(10));

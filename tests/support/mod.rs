@@ -5,6 +5,7 @@
 pub mod mosquitto;
 pub mod mqtt;
 pub mod process;
+pub mod proxy;
 pub mod tls;
 pub mod twinzo;
 
@@ -27,4 +28,12 @@ pub fn edge(cache: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
     cmd.env("EDGE_CACHE_DIR", cache).env_remove("EDGE_LOG").current_dir(repo());
     cmd
+}
+
+/// The same component with a custom section appended: a different file (new sha256) that
+/// behaves identically.
+pub fn wasm_variant(wasm: &[u8], tag: u8) -> Vec<u8> {
+    let name = b"edge-test";
+    let payload = [&[name.len() as u8][..], name, &[tag]].concat();
+    [wasm, &[0u8, payload.len() as u8], &payload].concat()
 }

@@ -65,6 +65,17 @@ impl Mosquitto {
         }
     }
 
+    /// Stops with SIGTERM, so that a broker with persistence saves its sessions, then starts
+    /// again on the same port.
+    pub fn restart_gracefully(&mut self, down_for: Duration) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        std::thread::sleep(down_for);
+        self.launch();
+    }
+
     /// Stops and starts again on the same port (sessions are not persisted).
     pub fn restart(&mut self, down_for: Duration) {
         self.stop();

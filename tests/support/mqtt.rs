@@ -14,8 +14,14 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn connect(port: u16, client_id: &str) -> Self {
+        Self::connect_with(port, client_id, true)
+    }
+
+    /// `clean_session: false` keeps the session across a broker restart, and rumqttc resends
+    /// what the broker had not acknowledged.
+    pub fn connect_with(port: u16, client_id: &str, clean_session: bool) -> Self {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-        options.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(4 << 20, 4 << 20);
+        options.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(4 << 20, 4 << 20).set_clean_session(clean_session);
         let (client, mut connection) = Client::new(options, 1000);
         let acked = Arc::new(AtomicUsize::new(0));
         let counter = acked.clone();
@@ -38,6 +44,10 @@ impl Publisher {
     pub fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).unwrap();
         self.sent += 1;
+    }
+
+    pub fn sent(&self) -> usize {
+        self.sent
     }
 
     /// Waits until the broker acknowledged everything published.

@@ -64,7 +64,7 @@ struct Inner {
 pub struct TwinzoStandIn {
     pub addr: SocketAddr,
     inner: Arc<Mutex<Inner>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -82,7 +82,7 @@ impl TwinzoStandIn {
             next_token: 1,
         }));
         let addr = SocketAddr::from(([127, 0, 0, 1], super::mosquitto::free_port()));
-        let mut standin = TwinzoStandIn { addr, inner, server: None, runtime };
+        let standin = TwinzoStandIn { addr, inner, server: Mutex::new(None), runtime };
         standin.come_back();
         standin
     }
@@ -92,15 +92,15 @@ impl TwinzoStandIn {
     }
 
     /// Stops listening: clients get "connection refused".
-    pub fn go_down(&mut self) {
-        if let Some(server) = self.server.take() {
+    pub fn go_down(&self) {
+        if let Some(server) = self.server.lock().unwrap().take() {
             server.abort();
             let _ = self.runtime.block_on(server);
         }
     }
 
     /// Listens again on the same address.
-    pub fn come_back(&mut self) {
+    pub fn come_back(&self) {
         let (inner, addr) = (self.inner.clone(), self.addr);
         let listener = self.runtime.block_on(async move {
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -113,7 +113,7 @@ impl TwinzoStandIn {
             .route("/v3/localization", post(localization))
             .route("/v3/sectors", get(sectors))
             .with_state(inner);
-        self.server = Some(self.runtime.spawn(async move {
+        *self.server.lock().unwrap() = Some(self.runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
         }));
     }

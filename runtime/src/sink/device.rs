@@ -111,7 +111,7 @@ impl DeviceWorker {
             stop,
             poster,
             pacing,
-            retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(60)),
+            retry: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
             failing_since: None,
             reach,
             sent_latest: false,
