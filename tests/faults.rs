@@ -90,7 +90,7 @@ plants:
             timeout = options.timeout_ms.unwrap_or(5000),
         );
         let config = dir.path().join("edge.yaml");
-        std::fs::write(&config, yaml).unwrap();
+        support::write_private(&config, yaml);
         let mut harness = Harness { name, broker, proxy, twinzo, dir, config, plugin, edge: None, sent: Arc::default(), started: Instant::now() };
         harness.start_edge();
         harness

@@ -9,9 +9,15 @@ const PASSWORD: &str = "literal-Passw0rd-in-yaml";
 const API_KEY: &str = "literal-api-key-in-yaml";
 
 fn check(yaml: &str, env: &[(&str, &str)]) -> (Output, String) {
+    check_with_mode(yaml, env, 0o600)
+}
+
+fn check_with_mode(yaml: &str, env: &[(&str, &str)], mode: u32) -> (Output, String) {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edge.yaml");
     std::fs::write(&path, yaml).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let mut cmd = support::edge(cache.path());
     cmd.arg("check").arg(&path);
@@ -138,4 +144,28 @@ fn the_repository_configs_are_valid() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+#[test]
+fn a_readable_file_with_secrets_in_clear_is_refused() {
+    let yaml = format!(
+        r#"
+plants:
+  - name: p
+    twinzo: {{ client: T, api_key: "{API_KEY}", branch: dcac4881-05ab-4f29-b0df-79c40df9c9c2 }}
+    devices:
+      r: {{ password: "${{R_PASSWORD}}", sector: 1 }}
+"#
+    );
+    let (out, text) = check_with_mode(&yaml, &[("R_PASSWORD", "from-env")], 0o644);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("every user may read this file, and it holds secrets in clear (plants[0].twinzo.api_key)"), "{text}");
+    assert!(!text.contains(API_KEY) && !text.contains("from-env"));
+    // The same file, private, is fine; and secrets from the environment need no such care.
+    assert_eq!(check_with_mode(&yaml, &[("R_PASSWORD", "x")], 0o600).0.status.code(), Some(0));
+    let from_env = yaml.replace(API_KEY, "${KEY}");
+    assert_eq!(check_with_mode(&from_env, &[("R_PASSWORD", "x"), ("KEY", "k")], 0o644).0.status.code(), Some(0));
+    let (out, text) = check_with_mode(&from_env, &[("R_PASSWORD", "x"), ("KEY", "k")], 0o666);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("every user may write this file"), "{text}");
 }

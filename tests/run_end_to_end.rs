@@ -58,7 +58,7 @@ plants:
         older = OLDER,
     );
     let path = dir.join("edge.yaml");
-    std::fs::write(&path, yaml).unwrap();
+    support::write_private(&path, yaml);
     path
 }
 
@@ -121,6 +121,9 @@ fn ati_and_hitech_reach_their_plants() {
         "edge_plugin_call_seconds_bucket",
     ] {
         assert!(metrics.contains(needle), "/metrics lacks {needle}:\n{metrics}");
+    }
+    for secret in [TUG_PASSWORD, AMR_PASSWORD, API_KEY] {
+        assert!(!metrics.contains(secret), "a secret in /metrics");
     }
     let (status, ready) = http_get(&format!("127.0.0.1:{http}"), "/readyz");
     let ready: Value = serde_json::from_str(&ready).unwrap();

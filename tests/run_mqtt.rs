@@ -34,7 +34,7 @@ plants:
         plugin = support::plugin("hitech").display()
     );
     let path = dir.join("edge.yaml");
-    std::fs::write(&path, yaml).unwrap();
+    support::write_private(&path, yaml);
     path
 }
 

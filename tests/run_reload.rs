@@ -50,7 +50,7 @@ plants:
 /// Replaces a file the way deployment tools do: write beside it, then rename over it.
 fn replace(path: &Path, bytes: &[u8]) {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).unwrap();
+    support::write_private(&tmp, bytes);
     std::fs::rename(&tmp, path).unwrap();
 }
 

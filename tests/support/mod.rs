@@ -37,3 +37,10 @@ pub fn wasm_variant(wasm: &[u8], tag: u8) -> Vec<u8> {
     let payload = [&[name.len() as u8][..], name, &[tag]].concat();
     [wasm, &[0u8, payload.len() as u8], &payload].concat()
 }
+
+/// Writes a file only its owner can read (configs with secrets in clear must be).
+pub fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();
+    std::io::Write::write_all(&mut file, contents.as_ref()).unwrap();
+}

@@ -503,16 +503,28 @@ impl fmt::Display for ConfigErrors {
 pub struct Loaded {
     pub config: Config,
     pub warnings: Vec<ConfigError>,
+    /// Key paths of secrets written in the file itself rather than taken from `${VAR}`.
+    pub literal_secrets: Vec<String>,
 }
 
-/// Reads, interpolates and validates the configuration at `path`.
+/// Reads, interpolates and validates the configuration at `path`. A file that anyone may
+/// write, or that anyone may read while it holds secrets in clear, is refused.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-        file: path.into(),
-        errors: vec![ConfigError::new("", format!("cannot read the file: {e}"))],
-    })?;
+    let fail = |message: String| ConfigErrors { file: path.into(), errors: vec![ConfigError::new("", message)] };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
     let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    parse(&text, base, &|name| std::env::var(name).ok()).map_err(|errors| ConfigErrors { file: path.into(), errors })
+    let loaded = parse(&text, base, &|name| std::env::var(name).ok()).map_err(|errors| ConfigErrors { file: path.into(), errors })?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).map_err(|e| fail(e.to_string()))?.permissions());
+    if mode & 0o002 != 0 {
+        return Err(fail("every user may write this file, and so redirect positions or credentials: chmod o-w it".into()));
+    }
+    if mode & 0o004 != 0 && !loaded.literal_secrets.is_empty() {
+        return Err(fail(format!(
+            "every user may read this file, and it holds secrets in clear ({}): chmod 600 it, or take them from the environment (${{VAR}})",
+            loaded.literal_secrets.join(", ")
+        )));
+    }
+    Ok(loaded)
 }
 
 /// Parses configuration text; relative paths resolve against `base`, `${VAR}` through `env`.
@@ -523,14 +535,39 @@ pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
         root = Value::Object(Default::default());
     }
     let mut errors = Vec::new();
+    let mut literal_secrets = Vec::new();
+    find_literal_secrets(&root, "", &mut literal_secrets);
     interpolate::interpolate(&mut root, "", env, &mut errors);
     let config = validate::build(root, base, &mut errors);
     match config {
         Some(config) if errors.is_empty() => {
             let warnings = validate::warnings(&config);
-            Ok(Loaded { config, warnings })
+            Ok(Loaded { config, warnings, literal_secrets })
         }
         _ => Err(errors),
+    }
+}
+
+/// Secret-bearing keys whose value is written out rather than taken from the environment.
+fn find_literal_secrets(value: &Value, path: &str, found: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                let at = join_key(path, key);
+                let secret_key = matches!(key.as_str(), "password" | "api_key");
+                match item {
+                    Value::String(s) if secret_key && !s.is_empty() && !s.contains("${") => found.push(at),
+                    Value::Number(_) if secret_key => found.push(at),
+                    _ => find_literal_secrets(item, &at, found),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                find_literal_secrets(item, &format!("{path}[{i}]"), found);
+            }
+        }
+        _ => {}
     }
 }
 

@@ -152,15 +152,21 @@ fn worker(source: Arc<str>, mut rx: mpsc::Receiver<Inbound>, route: Arc<ArcSwapO
     }
 }
 
-/// One log line per kind of plugin error per minute, with the count of the rest.
+/// One log line per kind and cause of plugin error per minute (a deadline and a panic are
+/// both traps, but different news), with the count of the rest.
 #[derive(Default)]
 struct ErrorLog {
-    last: std::collections::HashMap<&'static str, (Instant, u64)>,
+    last: std::collections::HashMap<(&'static str, String), (Instant, u64)>,
 }
+
+/// Distinct causes remembered; beyond it, causes share one line per kind.
+const MAX_CAUSES: usize = 64;
 
 impl ErrorLog {
     fn report(&mut self, source: &str, plugin: &str, topic: &str, error: &CallError) {
-        let entry = self.last.entry(error.kind()).or_insert((Instant::now() - Duration::from_secs(3600), 0));
+        let cause: String = error.detail().split(':').next().unwrap_or("").chars().take(40).collect();
+        let key = if self.last.len() < MAX_CAUSES || self.last.contains_key(&(error.kind(), cause.clone())) { (error.kind(), cause) } else { (error.kind(), String::new()) };
+        let entry = self.last.entry(key).or_insert((Instant::now() - Duration::from_secs(3600), 0));
         if entry.0.elapsed() < Duration::from_secs(60) {
             entry.1 += 1;
             return;
