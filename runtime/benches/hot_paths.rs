@@ -1,0 +1,83 @@
+//! `cargo bench`: the per-message costs on the hot path, measured on real sample payloads.
+//! A plain harness (no criterion): each figure is the median of 7 rounds; these machines are
+//! shared and noisy, so read the numbers as orders of magnitude. Results: docs/performance.md.
+
+use edge::config::{BatchingConfig, DeviceConfig, MotionConfig, PlantConfig};
+use edge::model::{Message, Position, TwinzoLocation};
+use edge::pipeline::{PlantPipeline, Transform};
+use edge::plugin::{PluginEngine, SandboxLimits};
+use edge::spool::Spool;
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Median time per operation over 7 rounds of `n` operations.
+fn measure(n: u32, mut op: impl FnMut()) -> Duration {
+    let mut rounds: Vec<Duration> = (0..7)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..n {
+                op();
+            }
+            started.elapsed() / n
+        })
+        .collect();
+    rounds.sort();
+    rounds[3]
+}
+
+fn report(what: &str, per_op: Duration) {
+    println!("{what:<58} {:>12.2?}/op  {:>12.0} ops/s", per_op, 1.0 / per_op.as_secs_f64());
+}
+
+fn main() {
+    let engine = PluginEngine::new(SandboxLimits::default(), None).unwrap();
+    let samples = [
+        ("ati-sherpa", "ati_fm/sherpa/status", "plugins/ati-sherpa/fixtures/live-full.payload.json"),
+        ("hitech", "hitech/amr/hitech-amr-001/position", "plugins/hitech/fixtures/full.payload.json"),
+        ("simulator", "edge-sim/default/tugger-01/state", "plugins/simulator/fixtures/state.payload.json"),
+        ("vda5050", "uagv/v2/KIT/0001/state", "plugins/vda5050/fixtures/v2-state.payload.json"),
+    ];
+    for (name, topic, payload) in samples {
+        let path = repo().join("plugins/dist").join(format!("{name}.wasm"));
+        let started = Instant::now();
+        let plugin = engine.load(&path, &[], None).expect("run scripts/build-plugins first");
+        report(&format!("{name}: load (compile + checks, no cache)"), started.elapsed());
+        report(&format!("{name}: instantiate + configure"), measure(200, || drop(black_box(plugin.instantiate().unwrap()))));
+        let mut instance = plugin.instantiate().unwrap();
+        let message = Message { topic: topic.into(), payload: std::fs::read(repo().join(payload)).unwrap().into(), received_at_ms: 0 };
+        report(&format!("{name}: translate one message"), measure(20_000, || drop(black_box(instance.translate(&message).unwrap()))));
+    }
+
+    let cache = tempfile::tempdir().unwrap();
+    let cached = PluginEngine::new(SandboxLimits::default(), Some(cache.path().into())).unwrap();
+    cached.load(&repo().join("plugins/dist/ati-sherpa.wasm"), &[], None).unwrap();
+    let started = Instant::now();
+    cached.load(&repo().join("plugins/dist/ati-sherpa.wasm"), &[], None).unwrap();
+    report("ati-sherpa: load from the compiled-plugin cache", started.elapsed());
+
+    let mut devices = std::collections::BTreeMap::new();
+    devices.insert("tug-133".to_string(), DeviceConfig { login: None, password: None, sector: 1 });
+    let mut pipeline = PlantPipeline::new(PlantConfig { name: "p".into(), twinzo: None, dry_run: true, devices, motion: MotionConfig::default(), batching: BatchingConfig::default() });
+    let transform = Transform { a: 999.73823, b: 22.879501, c: 22.879501, d: -999.73823, tx: 95598.77, ty: 167357.6, z_scale: 1000.0 };
+    let position: Position = serde_json::from_value(serde_json::json!({"device_id": "tug-133", "x": 110.9, "y": 62.4, "z": 0.0, "battery_percent": 80.0})).unwrap();
+    let mut t = 0u64;
+    report("pipeline: map + transform + motion + cadence", measure(200_000, || {
+        t += 100;
+        black_box(pipeline.process("s", &transform, &position, 1_700_000_000_000 + t));
+    }));
+
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("bench.sqlite"), None).unwrap();
+    let location = TwinzoLocation { timestamp: 1, sector_id: 1, x: 1.0, y: 2.0, z: 0.0, interval: 100, battery: Some(80), is_moving: true, localization_areas: vec![], no_go_areas: vec![] };
+    let one = vec![("tug-133".to_string(), location.clone())];
+    let group: Vec<(String, TwinzoLocation)> = (0..256).map(|i| (format!("tug-{}", i % 8), location.clone())).collect();
+    report("spool: durable append, 1 position per transaction", measure(50, || spool.append(&one).unwrap()));
+    let per_group = measure(10, || spool.append(&group).unwrap());
+    report("spool: durable append, per position in groups of 256", per_group / 256);
+    report("spool: read a batch of 100 oldest", measure(200, || drop(black_box(spool.oldest("tug-1", 100).unwrap()))));
+}
