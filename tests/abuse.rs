@@ -51,7 +51,8 @@ fn twinzo() -> TwinzoStandIn {
 #[test]
 fn a_hostile_plugin_does_not_disturb_its_neighbour() {
     let (broker, twinzo, dir, http) = (Mosquitto::start(), twinzo(), tempfile::tempdir().unwrap(), free_port());
-    let sources = source("hostile", &support::plugin("hostile"), ", topics: [\"hostile/#\"]") + &source("amr", &support::plugin("hitech"), "");
+    let sources = source("hostile", &support::plugin("hostile"), ", topics: [\"hostile/#\"]")
+        + &source("amr", &support::plugin("hitech"), "");
     let mut edge = EdgeProcess::start(&config(dir.path(), broker.port, &twinzo.base_url(), http, &sources));
     eventually("both subscriptions", WAIT, || edge.log_text().matches("subscribed").count() >= 2);
 
@@ -68,14 +69,29 @@ fn a_hostile_plugin_does_not_disturb_its_neighbour() {
 
     eventually("every hostile case reported", WAIT, || edge.log_text().contains("unknown misbehaviour"));
     let log = edge.log_text();
-    for cause in ["exceeded its CPU deadline", "memory limit of 64 MiB exceeded", "panicked: ", "5000 positions from one message", "x is not a finite number"] {
+    for cause in [
+        "exceeded its CPU deadline",
+        "memory limit of 64 MiB exceeded",
+        "panicked: ",
+        "5000 positions from one message",
+        "x is not a finite number",
+    ] {
         assert!(log.contains(cause), "no report of {cause:?}:\n{log}");
     }
     assert!(log.contains("stack overflow") || log.contains("out of bounds"), "no report of the deep recursion:\n{log}");
     let metrics = http_get(&format!("127.0.0.1:{http}"), "/metrics").1;
-    assert!(metrics.contains("edge_plugin_errors_total{plugin=\"hostile\",source=\"hostile\",kind=\"trapped\"} 4"), "{metrics}");
-    assert!(metrics.contains("edge_plugin_errors_total{plugin=\"hostile\",source=\"hostile\",kind=\"invalid-output\"} 2"), "{metrics}");
-    assert!(metrics.contains("edge_plugin_log_suppressed_total{plugin=\"hostile\"}"), "the log flood was rate-limited: {metrics}");
+    assert!(
+        metrics.contains("edge_plugin_errors_total{plugin=\"hostile\",source=\"hostile\",kind=\"trapped\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edge_plugin_errors_total{plugin=\"hostile\",source=\"hostile\",kind=\"invalid-output\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("edge_plugin_log_suppressed_total{plugin=\"hostile\"}"),
+        "the log flood was rate-limited: {metrics}"
+    );
     assert!(log.matches("log flood line").count() <= 25, "plugin logs are rate-limited");
     assert_eq!(http_get(&format!("127.0.0.1:{http}"), "/healthz").0, 200);
     assert!(edge.stop().success());
@@ -89,13 +105,16 @@ fn an_oversized_payload_is_refused_and_intake_goes_on() {
     edge.wait_for_log("subscribed", WAIT);
     let mut publisher = Publisher::connect(broker.port, "big");
     publisher.publish("hitech/amr/amr-1/position", amr(0));
-    let huge = format!(r#"{{"device_id": "amr-1", "junk": "{}", "position": {{"x": 1, "y": 1}}}}"#, "x".repeat(2 << 20));
+    let huge =
+        format!(r#"{{"device_id": "amr-1", "junk": "{}", "position": {{"x": 1, "y": 1}}}}"#, "x".repeat(2 << 20));
     publisher.publish("hitech/amr/amr-1/position", huge);
     for i in 1..20 {
         publisher.publish("hitech/amr/amr-1/position", amr(i));
     }
     publisher.flush(WAIT);
-    twinzo.wait_for("the normal positions around the huge one", WAIT, |r| r.locations.get("amr-1").map_or(0, Vec::len) == 20);
+    twinzo.wait_for("the normal positions around the huge one", WAIT, |r| {
+        r.locations.get("amr-1").map_or(0, Vec::len) == 20
+    });
     assert_eq!(http_get(&format!("127.0.0.1:{http}"), "/healthz").0, 200);
     assert!(edge.stop().success());
 }
@@ -107,7 +126,10 @@ fn a_pinned_plugin_is_not_replaced_by_another_file() {
     let original = std::fs::read(support::plugin("hitech")).unwrap();
     std::fs::write(&plugin, &original).unwrap();
     let digest = edge::plugin::sha256_hex(&original);
-    let sources = source("amr", &plugin, "").replace(&format!("path: {} }}", plugin.display()), &format!("path: {}, sha256: {digest} }}", plugin.display()));
+    let sources = source("amr", &plugin, "").replace(
+        &format!("path: {} }}", plugin.display()),
+        &format!("path: {}, sha256: {digest} }}", plugin.display()),
+    );
     let mut edge = EdgeProcess::start(&config(dir.path(), broker.port, &twinzo.base_url(), http, &sources));
     edge.wait_for_log("subscribed", WAIT);
 
@@ -123,7 +145,8 @@ fn a_pinned_plugin_is_not_replaced_by_another_file() {
         publisher.publish("hitech/amr/amr-1/position", amr(i));
     }
     publisher.flush(WAIT);
-    twinzo.wait_for("positions through the pinned plugin", WAIT, |r| r.locations.get("amr-1").map_or(0, Vec::len) == 10);
+    twinzo
+        .wait_for("positions through the pinned plugin", WAIT, |r| r.locations.get("amr-1").map_or(0, Vec::len) == 10);
     assert!(edge.stop().success());
 
     // Started with a file that does not match the pin, the source does not start.

@@ -16,6 +16,7 @@ use support::mosquitto::{Mosquitto, free_port};
 use support::mqtt::Publisher;
 use support::process::EdgeProcess;
 use support::proxy::Proxy;
+use support::tmpfs::Tmpfs;
 use support::twinzo::{API_KEY, BRANCH_1, Device, Faults, TwinzoStandIn};
 
 const ROBOTS: [&str; 3] = ["amr-1", "amr-2", "amr-3"];
@@ -30,6 +31,9 @@ struct Options {
     /// Edge reaches the broker through a proxy that can be cut.
     proxy: bool,
     token_lifetime: Option<Duration>,
+    /// The spool folder is a tmpfs of this many KiB: a disk that really fills up.
+    spool_disk_kib: Option<u64>,
+    min_free_mb: Option<u64>,
 }
 
 struct Harness {
@@ -37,6 +41,8 @@ struct Harness {
     broker: Mosquitto,
     proxy: Option<Proxy>,
     twinzo: TwinzoStandIn,
+    // Before `dir`: unmounted before the folder is removed.
+    _spool_disk: Option<Tmpfs>,
     dir: tempfile::TempDir,
     config: PathBuf,
     plugin: PathBuf,
@@ -54,17 +60,25 @@ impl Harness {
         std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         // Unlimited queue per client: the broker must hold what edge does not take while it
         // holds intake (the default of 1000 would drop messages, not edge).
-        let broker = Mosquitto::with_config(&format!("persistence true\npersistence_location {}/\nmax_queued_messages 0\n", db.display()));
-        let devices: Vec<Device> = ROBOTS.iter().map(|r| Device { login: r.to_string(), password: format!("pw-{r}"), branch: BRANCH_1.into() }).collect();
+        let broker = Mosquitto::with_config(&format!(
+            "persistence true\npersistence_location {}/\nmax_queued_messages 0\n",
+            db.display()
+        ));
+        let devices: Vec<Device> = ROBOTS
+            .iter()
+            .map(|r| Device { login: r.to_string(), password: format!("pw-{r}"), branch: BRANCH_1.into() })
+            .collect();
         let twinzo = TwinzoStandIn::start(&devices);
         if let Some(lifetime) = options.token_lifetime {
             twinzo.set_token_lifetime(lifetime);
         }
         let proxy = options.proxy.then(|| Proxy::start(broker.port));
+        let _spool_disk = options.spool_disk_kib.map(|kib| Tmpfs::mount(&dir.path().join("state/spool"), kib).unwrap());
         let plugin = dir.path().join("hitech.wasm");
         std::fs::copy(support::plugin("hitech"), &plugin).unwrap();
         let port = proxy.as_ref().map_or(broker.port, |p| p.port);
-        let devices: String = ROBOTS.iter().map(|r| format!("      {r}: {{ password: pw-{r}, sector: 1 }}\n")).collect();
+        let devices: String =
+            ROBOTS.iter().map(|r| format!("      {r}: {{ password: pw-{r}, sector: 1 }}\n")).collect();
         let yaml = format!(
             r#"state_dir: {state}
 http: {{ listen: "127.0.0.1:{http}" }}
@@ -84,14 +98,29 @@ plants:
 {devices}"#,
             state = dir.path().join("state").display(),
             http = free_port(),
-            cap = options.hard_cap_mb.map(|mb| format!(", hard_cap_mb: {mb}")).unwrap_or_default(),
+            cap = [("hard_cap_mb", options.hard_cap_mb), ("min_free_mb", options.min_free_mb)]
+                .iter()
+                .filter_map(|(key, value)| value.map(|v| format!(", {key}: {v}")))
+                .collect::<String>(),
             plugin = plugin.display(),
             url = twinzo.base_url(),
             timeout = options.timeout_ms.unwrap_or(5000),
         );
         let config = dir.path().join("edge.yaml");
         support::write_private(&config, yaml);
-        let mut harness = Harness { name, broker, proxy, twinzo, dir, config, plugin, edge: None, sent: Arc::default(), started: Instant::now() };
+        let mut harness = Harness {
+            name,
+            broker,
+            proxy,
+            twinzo,
+            _spool_disk,
+            dir,
+            config,
+            plugin,
+            edge: None,
+            sent: Arc::default(),
+            started: Instant::now(),
+        };
         harness.start_edge();
         harness
     }
@@ -143,7 +172,13 @@ plants:
     fn spooled(&self) -> (BTreeSet<(String, u64)>, BTreeMap<(String, u64), String>) {
         let path = edge::spool::path_for(&self.dir.path().join("state"), "p");
         let db = rusqlite::Connection::open(path).unwrap();
-        let queued = db.prepare("SELECT device, ts FROM queue").unwrap().query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))).unwrap().map(Result::unwrap).collect();
+        let queued = db
+            .prepare("SELECT device, ts FROM queue")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         let dead = db
             .prepare("SELECT device, ts, reason FROM dead_letter")
             .unwrap()
@@ -164,7 +199,15 @@ plants:
             if sent.iter().all(|k| delivered.contains_key(k) || dead.contains_key(k)) {
                 return;
             }
-            assert!(Instant::now() < deadline, "{}: not settled: {} sent, {} delivered, {} dead; log:\n{}", self.name, sent.len(), delivered.len(), dead.len(), self.edge().log_text());
+            assert!(
+                Instant::now() < deadline,
+                "{}: not settled: {} sent, {} delivered, {} dead; log:\n{}",
+                self.name,
+                sent.len(),
+                delivered.len(),
+                dead.len(),
+                self.edge().log_text()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -188,7 +231,10 @@ plants:
             spooled: sent.iter().filter(|k| queued.contains(*k) && !delivered.contains_key(*k)).count(),
             dead_lettered: sent.iter().filter(|k| dead.contains_key(*k) && !delivered.contains_key(*k)).count(),
             duplicated: delivered.values().map(|n| n - 1).sum(),
-            lost: sent.iter().filter(|k| !delivered.contains_key(*k) && !queued.contains(*k) && !dead.contains_key(*k)).count(),
+            lost: sent
+                .iter()
+                .filter(|k| !delivered.contains_key(*k) && !queued.contains(*k) && !dead.contains_key(*k))
+                .count(),
             seconds: self.started.elapsed().as_secs_f64(),
             dead_reasons: dead.values().cloned().collect::<BTreeSet<_>>().into_iter().collect(),
         };
@@ -215,9 +261,13 @@ struct Report {
 
 impl Report {
     fn write(&self) {
-        let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| support::repo().join("target")).join("reliability");
+        let dir = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| support::repo().join("target"))
+            .join("reliability");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("{}.json", self.scenario)), serde_json::to_string_pretty(self).unwrap()).unwrap();
+        std::fs::write(dir.join(format!("{}.json", self.scenario)), serde_json::to_string_pretty(self).unwrap())
+            .unwrap();
     }
 }
 
@@ -228,8 +278,14 @@ fn pause(ms: u64) {
 /// The first positions after an outage: each robot's latest goes first, the backlog follows.
 fn assert_latest_first(h: &Harness, outage_end: usize) {
     for robot in ROBOTS {
-        let stamps: Vec<u64> = h.twinzo.locations(robot)[outage_end.min(h.twinzo.locations(robot).len())..].iter().map(|l| l["Timestamp"].as_u64().unwrap()).collect();
-        assert!(stamps.windows(2).any(|w| w[0] > w[1]), "{robot}: after the outage the latest position should jump the queue: {stamps:?}");
+        let stamps: Vec<u64> = h.twinzo.locations(robot)[outage_end.min(h.twinzo.locations(robot).len())..]
+            .iter()
+            .map(|l| l["Timestamp"].as_u64().unwrap())
+            .collect();
+        assert!(
+            stamps.windows(2).any(|w| w[0] > w[1]),
+            "{robot}: after the outage the latest position should jump the queue: {stamps:?}"
+        );
     }
 }
 
@@ -284,7 +340,12 @@ fn twinzo_success_false() {
     let (_, dead) = h.spooled();
     assert!(!dead.is_empty() && dead.values().all(|r| r == "success-false"), "{dead:?}");
     // The operator fixes the cause and puts the dead letters back.
-    let retry = std::process::Command::new(env!("CARGO_BIN_EXE_edge")).args(["spool", "--config"]).arg(&h.config).arg("retry").output().unwrap();
+    let retry = std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["spool", "--config"])
+        .arg(&h.config)
+        .arg("retry")
+        .output()
+        .unwrap();
     assert!(retry.status.success(), "{}", String::from_utf8_lossy(&retry.stderr));
     let delivered_before = h.delivered().len();
     support::process::eventually("the retried dead letters", SETTLE, || {
@@ -311,7 +372,10 @@ fn tokens_revoked() {
 
 #[test]
 fn tokens_expiring() {
-    let h = Harness::new("tokens-expiring", Options { token_lifetime: Some(Duration::from_millis(1500)), ..Options::default() });
+    let h = Harness::new(
+        "tokens-expiring",
+        Options { token_lifetime: Some(Duration::from_millis(1500)), ..Options::default() },
+    );
     let traffic = h.stream(60, 10.0, 0);
     traffic.join().unwrap();
     let auth_calls = h.twinzo.with_recorded(|r| r.auth_calls);
@@ -362,15 +426,19 @@ fn network_drop() {
 #[test]
 fn sigkill_under_load() {
     let mut h = Harness::new("sigkill", Options::default());
-    let traffic = h.stream(80, 20.0, 0);
-    pause(1500);
-    let pid = h.edge().pid();
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    drop(h.edge.take());
-    pause(1000);
-    h.start_edge();
+    let traffic = h.stream(200, 20.0, 0);
+    // At different points of the spool's life: while positions arrive, while a backlog from
+    // the previous kill is being replayed.
+    for down_ms in [1000, 300, 2000] {
+        pause(1500);
+        let pid = h.edge().pid();
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        drop(h.edge.take());
+        pause(down_ms);
+        h.start_edge();
+    }
     traffic.join().unwrap();
-    h.finish("edge killed with SIGKILL under load, restarted", "1 s").print();
+    h.finish("edge killed with SIGKILL under load, restarted; three times", "0.3–2 s each").print();
 }
 
 #[test]
@@ -378,13 +446,89 @@ fn disk_full() {
     let h = Harness::new("disk-full", Options { hard_cap_mb: Some(1), ..Options::default() });
     h.twinzo.go_down();
     let traffic = h.stream(3000, 500.0, 0);
-    support::process::eventually("the spool to fill", SETTLE, || h.edge().log_text().contains("cannot write the spool; holding intake"));
+    support::process::eventually("the spool to fill", SETTLE, || {
+        h.edge().log_text().contains("cannot write the spool; holding intake")
+    });
     pause(1000);
     h.twinzo.come_back();
     traffic.join().unwrap();
     h.settle();
-    assert!(h.edge().log_text().contains("spool writable again"));
+    h.edge().wait_for_log("spool writable again", Duration::from_secs(20));
     h.finish("spool full (1 MB cap) while Twinzo was down", "until drained").print();
+}
+
+/// Whether this machine lets the tests mount a tmpfs (a disk that really fills up); says why not.
+fn tmpfs_available(test: &str) -> bool {
+    let probe = tempfile::tempdir().unwrap();
+    match Tmpfs::mount(probe.path(), 64) {
+        Ok(_) => true,
+        Err(why) => {
+            eprintln!("{test}: not run here: {why}");
+            false
+        }
+    }
+}
+
+/// The spool fills its own filesystem: it stops taking positions while less than
+/// `spool.min_free_mb` is free, goes on delivering, gives the space back, and takes again.
+#[test]
+fn spool_filesystem_full() {
+    if !tmpfs_available("spool_filesystem_full") {
+        return;
+    }
+    let h = Harness::new(
+        "spool-filesystem-full",
+        Options { spool_disk_kib: Some(4096), min_free_mb: Some(2), ..Options::default() },
+    );
+    h.twinzo.go_down();
+    let traffic = h.stream(3000, 500.0, 0);
+    support::process::eventually("the filesystem to fill", SETTLE, || {
+        h.edge().log_text().contains("less than spool.min_free_mb")
+    });
+    pause(1000);
+    h.twinzo.come_back();
+    traffic.join().unwrap();
+    h.settle();
+    h.edge().wait_for_log("spool writable again", Duration::from_secs(20));
+    h.finish("spool's filesystem full (4 MB, keep 2 MB free) while Twinzo was down", "until drained").print();
+}
+
+/// Another program fills the disk to the last byte: SQLite cannot even delete. Nothing is
+/// taken, delivered positions are not posted twice, and all resumes once space is freed.
+#[test]
+fn disk_filled_by_another_program() {
+    if !tmpfs_available("disk_filled_by_another_program") {
+        return;
+    }
+    let h =
+        Harness::new("disk-filled", Options { spool_disk_kib: Some(4096), min_free_mb: Some(1), ..Options::default() });
+    let traffic = h.stream(60, 10.0, 0);
+    pause(1500);
+    // A backlog to deliver while the disk is full.
+    h.twinzo.go_down();
+    pause(1500);
+    let filler = fill_disk(&h.dir.path().join("state/spool"));
+    h.edge().wait_for_log("cannot write the spool; holding intake", Duration::from_secs(10));
+    h.twinzo.come_back();
+    pause(2000);
+    std::fs::remove_file(filler).unwrap();
+    traffic.join().unwrap();
+    h.settle();
+    h.edge().wait_for_log("spool writable again", Duration::from_secs(20));
+    let report = h.finish("disk filled to the last byte by another program, then freed", "2 s");
+    assert_eq!(report.duplicated, 0, "delivered positions were posted again");
+    report.print();
+}
+
+/// Writes a file into `dir` until its filesystem has no byte left.
+fn fill_disk(dir: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut file = std::fs::File::create(&path).unwrap();
+    for chunk in [1 << 16, 1 << 12, 1 << 9] {
+        while file.write(&vec![0u8; chunk]).is_ok_and(|n| n > 0) {}
+    }
+    path
 }
 
 #[test]

@@ -12,15 +12,57 @@ use std::cell::RefCell;
 
 /// Field names the plugins look for, so that generated documents reach deep into them.
 const KEYS: &[&str] = &[
-    "sherpa_name", "pose", "battery_status", "mode", "timestamp", "disabled", "device_id", "position", "x", "y", "z",
-    "battery", "status", "speed", "format", "robot", "time_ms", "heading", "moving", "agvPosition", "mobileRobotPosition",
-    "theta", "mapId", "positionInitialized", "localized", "manufacturer", "serialNumber", "velocity", "vx", "vy",
-    "batteryState", "batteryCharge", "powerSupply", "stateOfCharge", "driving", "operatingMode", "errors", "junk",
+    "sherpa_name",
+    "pose",
+    "battery_status",
+    "mode",
+    "timestamp",
+    "disabled",
+    "device_id",
+    "position",
+    "x",
+    "y",
+    "z",
+    "battery",
+    "status",
+    "speed",
+    "format",
+    "robot",
+    "time_ms",
+    "heading",
+    "moving",
+    "agvPosition",
+    "mobileRobotPosition",
+    "theta",
+    "mapId",
+    "positionInitialized",
+    "localized",
+    "manufacturer",
+    "serialNumber",
+    "velocity",
+    "vx",
+    "vy",
+    "batteryState",
+    "batteryCharge",
+    "powerSupply",
+    "stateOfCharge",
+    "driving",
+    "operatingMode",
+    "errors",
+    "junk",
 ];
 
 const TOPICS: &[&str] = &[
-    "ati_fm/sherpa/status", "ati/amr/tug-1/status", "fleet/trips/info", "hitech/amr/a-1/position", "hitech/amr/a-1/battery",
-    "edge-sim/f/r/state", "uagv/v2/KIT/0001/state", "uagv/v3/KIT/0001/visualization", "x", "",
+    "ati_fm/sherpa/status",
+    "ati/amr/tug-1/status",
+    "fleet/trips/info",
+    "hitech/amr/a-1/position",
+    "hitech/amr/a-1/battery",
+    "edge-sim/f/r/state",
+    "uagv/v2/KIT/0001/state",
+    "uagv/v3/KIT/0001/visualization",
+    "x",
+    "",
 ];
 
 fn scalar() -> impl Strategy<Value = Value> {
@@ -29,7 +71,8 @@ fn scalar() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
         any::<f64>().prop_filter("JSON has no NaN", |f| f.is_finite()).prop_map(Value::from),
-        prop_oneof![Just(-1.0), Just(0.0), Just(1e300), Just(-1e-300), Just(100.5), Just(1.73e12)].prop_map(Value::from),
+        prop_oneof![Just(-1.0), Just(0.0), Just(1e300), Just(-1e-300), Just(100.5), Just(1.73e12)]
+            .prop_map(Value::from),
         ".{0,12}".prop_map(Value::from),
         Just(Value::from("edge-sim/1")),
         Just(Value::from("2025-12-01T13:21:52Z")),
@@ -60,7 +103,8 @@ thread_local! {
 fn translate_everywhere(topic: &str, payload: &[u8]) {
     INSTANCES.with(|instances| {
         for (name, instance) in instances.borrow_mut().iter_mut() {
-            let message = Message { topic: topic.into(), payload: payload.to_vec().into(), received_at_ms: 1_700_000_000_000 };
+            let message =
+                Message { topic: topic.into(), payload: payload.to_vec().into(), received_at_ms: 1_700_000_000_000 };
             match instance.translate(&message) {
                 Ok(_) | Err(CallError::Malformed(_)) => {}
                 Err(other) => panic!("{name} on {topic}: {other:?} for {}", String::from_utf8_lossy(payload)),

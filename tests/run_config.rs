@@ -159,7 +159,10 @@ plants:
     );
     let (out, text) = check_with_mode(&yaml, &[("R_PASSWORD", "from-env")], 0o644);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("every user may read this file, and it holds secrets in clear (plants[0].twinzo.api_key)"), "{text}");
+    assert!(
+        text.contains("every user may read this file, and it holds secrets in clear (plants[0].twinzo.api_key)"),
+        "{text}"
+    );
     assert!(!text.contains(API_KEY) && !text.contains("from-env"));
     // The same file, private, is fine; and secrets from the environment need no such care.
     assert_eq!(check_with_mode(&yaml, &[("R_PASSWORD", "x")], 0o600).0.status.code(), Some(0));

@@ -6,7 +6,7 @@ use edge::config::{BatchingConfig, DeviceConfig, MotionConfig, PlantConfig};
 use edge::model::{Message, Position, TwinzoLocation};
 use edge::pipeline::{PlantPipeline, Transform};
 use edge::plugin::{PluginEngine, SandboxLimits};
-use edge::spool::Spool;
+use edge::spool::{DiskLimits, Spool};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -47,10 +47,20 @@ fn main() {
         let started = Instant::now();
         let plugin = engine.load(&path, &[], None).expect("run scripts/build-plugins first");
         report(&format!("{name}: load (compile + checks, no cache)"), started.elapsed());
-        report(&format!("{name}: instantiate + configure"), measure(200, || drop(black_box(plugin.instantiate().unwrap()))));
+        report(
+            &format!("{name}: instantiate + configure"),
+            measure(200, || drop(black_box(plugin.instantiate().unwrap()))),
+        );
         let mut instance = plugin.instantiate().unwrap();
-        let message = Message { topic: topic.into(), payload: std::fs::read(repo().join(payload)).unwrap().into(), received_at_ms: 0 };
-        report(&format!("{name}: translate one message"), measure(20_000, || drop(black_box(instance.translate(&message).unwrap()))));
+        let message = Message {
+            topic: topic.into(),
+            payload: std::fs::read(repo().join(payload)).unwrap().into(),
+            received_at_ms: 0,
+        };
+        report(
+            &format!("{name}: translate one message"),
+            measure(20_000, || drop(black_box(instance.translate(&message).unwrap()))),
+        );
     }
 
     let cache = tempfile::tempdir().unwrap();
@@ -62,18 +72,50 @@ fn main() {
 
     let mut devices = std::collections::BTreeMap::new();
     devices.insert("tug-133".to_string(), DeviceConfig { login: None, password: None, sector: 1 });
-    let mut pipeline = PlantPipeline::new(PlantConfig { name: "p".into(), twinzo: None, dry_run: true, devices, motion: MotionConfig::default(), batching: BatchingConfig::default() });
-    let transform = Transform { a: 999.73823, b: 22.879501, c: 22.879501, d: -999.73823, tx: 95598.77, ty: 167357.6, z_scale: 1000.0 };
-    let position: Position = serde_json::from_value(serde_json::json!({"device_id": "tug-133", "x": 110.9, "y": 62.4, "z": 0.0, "battery_percent": 80.0})).unwrap();
+    let mut pipeline = PlantPipeline::new(PlantConfig {
+        name: "p".into(),
+        twinzo: None,
+        dry_run: true,
+        devices,
+        motion: MotionConfig::default(),
+        batching: BatchingConfig::default(),
+    });
+    let transform = Transform {
+        a: 999.73823,
+        b: 22.879501,
+        c: 22.879501,
+        d: -999.73823,
+        tx: 95598.77,
+        ty: 167357.6,
+        z_scale: 1000.0,
+    };
+    let position: Position = serde_json::from_value(
+        serde_json::json!({"device_id": "tug-133", "x": 110.9, "y": 62.4, "z": 0.0, "battery_percent": 80.0}),
+    )
+    .unwrap();
     let mut t = 0u64;
-    report("pipeline: map + transform + motion + cadence", measure(200_000, || {
-        t += 100;
-        black_box(pipeline.process("s", &transform, &position, 1_700_000_000_000 + t));
-    }));
+    report(
+        "pipeline: map + transform + motion + cadence",
+        measure(200_000, || {
+            t += 100;
+            black_box(pipeline.process("s", &transform, &position, 1_700_000_000_000 + t));
+        }),
+    );
 
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&dir.path().join("bench.sqlite"), None).unwrap();
-    let location = TwinzoLocation { timestamp: 1, sector_id: 1, x: 1.0, y: 2.0, z: 0.0, interval: 100, battery: Some(80), is_moving: true, localization_areas: vec![], no_go_areas: vec![] };
+    let spool = Spool::open(&dir.path().join("bench.sqlite"), DiskLimits::default()).unwrap();
+    let location = TwinzoLocation {
+        timestamp: 1,
+        sector_id: 1,
+        x: 1.0,
+        y: 2.0,
+        z: 0.0,
+        interval: 100,
+        battery: Some(80),
+        is_moving: true,
+        localization_areas: vec![],
+        no_go_areas: vec![],
+    };
     let one = vec![("tug-133".to_string(), location.clone())];
     let group: Vec<(String, TwinzoLocation)> = (0..256).map(|i| (format!("tug-{}", i % 8), location.clone())).collect();
     report("spool: durable append, 1 position per transaction", measure(50, || spool.append(&one).unwrap()));

@@ -7,6 +7,7 @@ pub mod mqtt;
 pub mod process;
 pub mod proxy;
 pub mod tls;
+pub mod tmpfs;
 pub mod twinzo;
 
 use std::path::{Path, PathBuf};

@@ -21,7 +21,10 @@ impl Publisher {
     /// what the broker had not acknowledged.
     pub fn connect_with(port: u16, client_id: &str, clean_session: bool) -> Self {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-        options.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(4 << 20, 4 << 20).set_clean_session(clean_session);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(4 << 20, 4 << 20)
+            .set_clean_session(clean_session);
         let (client, mut connection) = Client::new(options, 1000);
         let acked = Arc::new(AtomicUsize::new(0));
         let counter = acked.clone();

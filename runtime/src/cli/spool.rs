@@ -2,7 +2,7 @@
 //! reasons, and putting dead letters back in the queue or purging. Safe while `edge run` runs.
 
 use crate::config;
-use crate::spool::{Purge, Spool};
+use crate::spool::{DiskLimits, Purge, Spool};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -74,7 +74,7 @@ pub fn run(args: SpoolArgs) -> anyhow::Result<ExitCode> {
             status.insert(plant.name.clone(), serde_json::json!({}));
             continue;
         }
-        let spool = Spool::open(&path, None)?;
+        let spool = Spool::open(&path, DiskLimits::default())?;
         match &args.command {
             SpoolCommand::Status { .. } => {
                 status.insert(plant.name.clone(), serde_json::to_value(spool.counts()?)?);

@@ -112,6 +112,10 @@ pub struct SpoolConfig {
     /// A hard ceiling on the spool file, beyond which writes fail as on a full disk and intake
     /// waits. Unset: the disk is the limit.
     pub hard_cap_mb: Option<u64>,
+    /// Free space to leave on the spool's filesystem: below it the spool takes no new
+    /// positions (intake waits) but goes on delivering, so it can drain.
+    #[serde(default = "defaults::spool_min_free_mb")]
+    pub min_free_mb: u64,
     /// How fast one device's backlog is replayed after an outage, positions per second.
     #[serde(default = "defaults::replay_per_second")]
     pub replay_per_second: u32,
@@ -123,6 +127,7 @@ impl Default for SpoolConfig {
             max_mb: defaults::spool_max_mb(),
             max_age_h: defaults::spool_max_age_h(),
             hard_cap_mb: None,
+            min_free_mb: defaults::spool_min_free_mb(),
             replay_per_second: defaults::replay_per_second(),
         }
     }
@@ -383,6 +388,9 @@ mod defaults {
     pub fn spool_max_mb() -> u64 {
         512
     }
+    pub fn spool_min_free_mb() -> u64 {
+        64
+    }
     pub fn spool_max_age_h() -> u64 {
         7 * 24
     }
@@ -513,10 +521,15 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     let fail = |message: String| ConfigErrors { file: path.into(), errors: vec![ConfigError::new("", message)] };
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
     let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let loaded = parse(&text, base, &|name| std::env::var(name).ok()).map_err(|errors| ConfigErrors { file: path.into(), errors })?;
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).map_err(|e| fail(e.to_string()))?.permissions());
+    let loaded = parse(&text, base, &|name| std::env::var(name).ok())
+        .map_err(|errors| ConfigErrors { file: path.into(), errors })?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(path).map_err(|e| fail(e.to_string()))?.permissions(),
+    );
     if mode & 0o002 != 0 {
-        return Err(fail("every user may write this file, and so redirect positions or credentials: chmod o-w it".into()));
+        return Err(fail(
+            "every user may write this file, and so redirect positions or credentials: chmod o-w it".into(),
+        ));
     }
     if mode & 0o004 != 0 && !loaded.literal_secrets.is_empty() {
         return Err(fail(format!(

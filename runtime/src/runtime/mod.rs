@@ -153,6 +153,7 @@ impl Runtime {
             ("sandbox", new.sandbox != self.config.sandbox),
             ("state_dir", new.state_dir != self.config.state_dir),
             ("spool.hard_cap_mb", new.spool.hard_cap_mb != self.config.spool.hard_cap_mb),
+            ("spool.min_free_mb", new.spool.min_free_mb != self.config.spool.min_free_mb),
         ];
         for (what, changed) in restart_only {
             if changed && !self.sources.is_empty() {

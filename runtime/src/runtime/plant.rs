@@ -10,11 +10,11 @@ use crate::pipeline::{Outcome, PlantPipeline, Transform};
 use crate::sink::twinzo::{TwinzoApi, TwinzoDevice};
 use crate::sink::{DeviceHandle, DeviceWorker, DryRun, Pacing, Poster, Reachability};
 use crate::source::Ack;
-use crate::spool::{Spool, SpoolLimits};
+use crate::spool::{DiskLimits, Spool, SpoolLimits};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -22,6 +22,10 @@ use tokio::task::JoinSet;
 const GROUP_COMMIT: usize = 256;
 /// How often the spool's size and age policy runs.
 const ENFORCE_EVERY: Duration = Duration::from_secs(5);
+/// A spool write failure episode ends after this long without a failure.
+const WRITABLE_AGAIN_AFTER: Duration = Duration::from_secs(5);
+/// While writes keep failing, a reminder this often.
+const STILL_FAILING_EVERY: Duration = Duration::from_secs(60);
 
 /// Positions of one message on their way to a plant.
 pub struct PlantInput {
@@ -70,8 +74,11 @@ impl PlantRuntime {
     /// Opens the plant's spool and starts its task and device workers.
     pub async fn start(settings: PlantSettings, config: &Config) -> anyhow::Result<Self> {
         let path = crate::spool::path_for(&config.state_dir, &settings.plant.name);
-        let hard_cap = config.spool.hard_cap_mb.map(|mb| mb << 20);
-        let spool = Arc::new(tokio::task::spawn_blocking(move || Spool::open(&path, hard_cap)).await??);
+        let disk = DiskLimits {
+            hard_cap_bytes: config.spool.hard_cap_mb.map(|mb| mb << 20),
+            min_free_bytes: config.spool.min_free_mb << 20,
+        };
+        let spool = Arc::new(tokio::task::spawn_blocking(move || Spool::open(&path, disk)).await??);
         let reach = Arc::new(Reachability::default());
         let sink = PlantSink::new(&settings, spool.clone(), reach.clone())?;
         let (tx, rx) = mpsc::channel(1024);
@@ -110,6 +117,7 @@ async fn run(
             },
             _ = enforce.tick() => {
                 enforce_limits(&spool, &limits, pipeline.name()).await;
+                batch.trouble.check_over(pipeline.name());
                 continue;
             }
         };
@@ -143,6 +151,7 @@ async fn run(
 struct Batch {
     items: Vec<(String, TwinzoLocation)>,
     acks: Vec<Ack>,
+    trouble: WriteTrouble,
 }
 
 impl Batch {
@@ -167,33 +176,25 @@ impl Batch {
         if !self.items.is_empty() {
             let items = Arc::new(std::mem::take(&mut self.items));
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-            let mut failures = 0u64;
             loop {
                 let (spool, items) = (spool.clone(), items.clone());
-                let started = std::time::Instant::now();
-                match tokio::task::spawn_blocking(move || spool.append(&items)).await.expect("spool calls do not panic")
-                {
+                let started = Instant::now();
+                // A failed write tries to make room (delivered positions' pages back to the
+                // disk) for the next attempt.
+                let append = move || spool.append(&items).inspect_err(|_| drop(spool.reclaim()));
+                match tokio::task::spawn_blocking(append).await.expect("spool calls do not panic") {
                     Ok(()) => {
                         metrics::histogram!("edge_spool_write_seconds", "plant" => plant.to_string())
                             .record(started.elapsed().as_secs_f64());
+                        self.trouble.check_over(plant);
                         break;
                     }
                     Err(e) => {
-                        failures += 1;
                         metrics::counter!("edge_spool_write_failures_total", "plant" => plant.to_string()).increment(1);
-                        if failures == 1 || failures % 100 == 0 {
-                            tracing::error!(
-                                plant,
-                                failures,
-                                "cannot write the spool; holding intake (nothing is acknowledged until it is written): {e}"
-                            );
-                        }
+                        self.trouble.failed(plant, &e);
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
-            }
-            if failures > 0 {
-                tracing::info!(plant, "spool writable again after {failures} failed attempts");
             }
             let devices: BTreeSet<&str> = items.iter().map(|(robot, _)| robot.as_str()).collect();
             for device in devices {
@@ -206,9 +207,61 @@ impl Batch {
     }
 }
 
+/// Failing spool writes, tracked as episodes so that a disk hovering at its limit gives one
+/// error line, a reminder a minute, and one recovery line, not a line per transaction.
+#[derive(Default)]
+struct WriteTrouble {
+    episode: Option<Episode>,
+}
+
+struct Episode {
+    since: Instant,
+    failures: u64,
+    last_failure: Instant,
+    last_line: Instant,
+}
+
+impl WriteTrouble {
+    fn failed(&mut self, plant: &str, error: &crate::spool::SpoolError) {
+        let now = Instant::now();
+        let Some(episode) = &mut self.episode else {
+            tracing::error!(
+                plant,
+                "cannot write the spool; holding intake (nothing is acknowledged until it is written): {error}"
+            );
+            self.episode = Some(Episode { since: now, failures: 1, last_failure: now, last_line: now });
+            return;
+        };
+        episode.failures += 1;
+        episode.last_failure = now;
+        if now - episode.last_line >= STILL_FAILING_EVERY {
+            episode.last_line = now;
+            let (failures, since) = (episode.failures, episode.since.elapsed());
+            tracing::error!(
+                plant,
+                failures,
+                ?since,
+                "still cannot write the spool at times; holding intake meanwhile: {error}"
+            );
+        }
+    }
+
+    /// Ends the episode once writes have worked for a while.
+    fn check_over(&mut self, plant: &str) {
+        if let Some(episode) = self.episode.take_if(|e| e.last_failure.elapsed() >= WRITABLE_AGAIN_AFTER) {
+            tracing::info!(plant, failures = episode.failures, after = ?episode.since.elapsed(), "spool writable again");
+        }
+    }
+}
+
 async fn enforce_limits(spool: &Arc<Spool>, limits: &SpoolLimits, plant: &str) {
     let (spool, limits) = (spool.clone(), limits.clone());
-    match tokio::task::spawn_blocking(move || spool.enforce(&limits)).await.expect("spool calls do not panic") {
+    let enforce = move || {
+        let dropped = spool.enforce(&limits)?;
+        spool.reclaim()?;
+        Ok::<_, crate::spool::SpoolError>(dropped)
+    };
+    match tokio::task::spawn_blocking(enforce).await.expect("spool calls do not panic") {
         Ok(dropped) => {
             for ((device, reason), n) in dropped {
                 metrics::counter!("edge_spool_dropped_total", "plant" => plant.to_string(), "device" => device.clone(), "reason" => reason).increment(n);

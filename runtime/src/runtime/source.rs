@@ -165,7 +165,11 @@ const MAX_CAUSES: usize = 64;
 impl ErrorLog {
     fn report(&mut self, source: &str, plugin: &str, topic: &str, error: &CallError) {
         let cause: String = error.detail().split(':').next().unwrap_or("").chars().take(40).collect();
-        let key = if self.last.len() < MAX_CAUSES || self.last.contains_key(&(error.kind(), cause.clone())) { (error.kind(), cause) } else { (error.kind(), String::new()) };
+        let key = if self.last.len() < MAX_CAUSES || self.last.contains_key(&(error.kind(), cause.clone())) {
+            (error.kind(), cause)
+        } else {
+            (error.kind(), String::new())
+        };
         let entry = self.last.entry(key).or_insert((Instant::now() - Duration::from_secs(3600), 0));
         if entry.0.elapsed() < Duration::from_secs(60) {
             entry.1 += 1;

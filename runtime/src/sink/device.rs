@@ -85,6 +85,11 @@ pub struct DeviceWorker {
     reach: Arc<Reachability>,
     /// Set once the latest position went out ahead of a backlog; cleared when caught up.
     sent_latest: bool,
+    /// Delivered positions the spool could not forget yet (a full disk): forgotten before
+    /// anything is posted again, so they are not posted twice.
+    delivered_not_removed: Vec<i64>,
+    /// Spool errors in a row, to log the first and then one in a while.
+    spool_failures: u64,
 }
 
 /// What to do after one post.
@@ -115,6 +120,8 @@ impl DeviceWorker {
             failing_since: None,
             reach,
             sent_latest: false,
+            delivered_not_removed: Vec::new(),
+            spool_failures: 0,
         };
         (DeviceHandle { wake, stop: stop_tx }, worker)
     }
@@ -147,15 +154,28 @@ impl DeviceWorker {
     /// Posts one batch from the spool.
     async fn post_once(&mut self) -> Next {
         match self.try_post().await {
-            Ok(next) => next,
+            Ok(next) => {
+                if std::mem::take(&mut self.spool_failures) > 0 {
+                    tracing::info!(plant = %self.plant, robot = %self.robot, "the spool works again");
+                }
+                next
+            }
             Err(e) => {
-                tracing::error!(plant = %self.plant, robot = %self.robot, "cannot read the spool: {e}");
+                self.spool_failures += 1;
+                if self.spool_failures % 60 == 1 {
+                    let failures = self.spool_failures;
+                    tracing::error!(plant = %self.plant, robot = %self.robot, failures, "cannot use the spool, trying again every second: {e}");
+                }
                 Next::After(Duration::from_secs(1))
             }
         }
     }
 
     async fn try_post(&mut self) -> Result<Next, SpoolError> {
+        if !self.delivered_not_removed.is_empty() {
+            let ids = std::mem::take(&mut self.delivered_not_removed);
+            self.forget(ids).await?;
+        }
         let (robot, max) = (self.robot.clone(), self.pacing.batching.max_batch);
         let pending = self.spool(move |s| s.pending(&robot)).await?;
         metrics::gauge!("edge_spool_queued", "plant" => self.plant.clone(), "device" => self.robot.clone())
@@ -180,16 +200,16 @@ impl DeviceWorker {
             .record(started.elapsed().as_secs_f64());
         match result {
             PostResult::Accepted => {
-                self.spool(move |s| s.remove(&ids)).await?;
                 self.delivered(batch.len());
+                self.forget(ids).await?;
             }
             PostResult::Partial { rejected, reason, detail } => {
                 let refused: Vec<i64> = rejected.iter().filter_map(|i| ids.get(*i).copied()).collect();
                 let kept: Vec<i64> = ids.iter().copied().filter(|id| !refused.contains(id)).collect();
                 tracing::warn!(plant = %self.plant, robot = %self.robot, rejected = refused.len(), "Twinzo refused some locations (dead-lettered): {detail}");
-                self.dead_letter(refused, reason, &detail).await?;
-                self.spool(move |s| s.remove(&kept)).await?;
                 self.delivered(batch.len() - rejected.len());
+                self.forget(kept).await?;
+                self.dead_letter(refused, reason, &detail).await?;
             }
             PostResult::Rejected { reason, detail } => {
                 self.failed(reason, &detail, true);
@@ -218,6 +238,12 @@ impl DeviceWorker {
     ) -> Result<T, SpoolError> {
         let spool = self.spool.clone();
         tokio::task::spawn_blocking(move || f(&spool)).await.expect("spool calls do not panic")
+    }
+
+    /// Removes delivered positions from the spool, or remembers them until it can.
+    async fn forget(&mut self, ids: Vec<i64>) -> Result<(), SpoolError> {
+        let keep = ids.clone();
+        self.spool(move |s| s.remove(&ids)).await.inspect_err(|_| self.delivered_not_removed = keep)
     }
 
     async fn dead_letter(&self, ids: Vec<i64>, reason: &'static str, detail: &str) -> Result<(), SpoolError> {

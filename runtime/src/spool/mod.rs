@@ -9,7 +9,7 @@
 
 mod store;
 
-pub use store::{DeadRow, DeviceCounts, Purge, Row, Spool, SpoolError, SpoolLimits};
+pub use store::{DeadRow, DeviceCounts, DiskLimits, Purge, Row, Spool, SpoolError, SpoolLimits};
 
 use std::path::{Path, PathBuf};
 

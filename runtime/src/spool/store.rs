@@ -11,6 +11,11 @@ use std::sync::Mutex;
 pub enum SpoolError {
     #[error("spool {} is full (its size cap is reached or the disk is full): {source}", path.display())]
     Full { path: PathBuf, source: rusqlite::Error },
+    #[error(
+        "spool {}: its filesystem has {:.1} MB free, less than spool.min_free_mb ({} MB); taking no more positions until there is room",
+        path.display(), *free as f64 / 1048576.0, min >> 20
+    )]
+    LowDisk { path: PathBuf, free: u64, min: u64 },
     #[error("spool {} cannot be opened: {source}", path.display())]
     Open { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("spool {}: {source}", path.display())]
@@ -27,6 +32,15 @@ pub struct SpoolLimits {
     pub max_bytes: u64,
     /// Queued positions older than this go (each device's latest position stays).
     pub max_age_ms: u64,
+}
+
+/// How far the spool file may grow: a cap of its own, and room to leave on its filesystem.
+/// Below `min_free_bytes` the spool takes no new positions but still delivers and deletes
+/// (SQLite needs free space even to delete), so it can always drain.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DiskLimits {
+    pub hard_cap_bytes: Option<u64>,
+    pub min_free_bytes: u64,
 }
 
 /// One queued position.
@@ -62,8 +76,12 @@ pub enum Purge {
 
 pub struct Spool {
     path: PathBuf,
+    min_free_bytes: u64,
     conn: Mutex<Connection>,
 }
+
+/// Write-ahead log pages between checkpoints (512 KB with 4 KB pages).
+const WAL_PAGES: i64 = 128;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
@@ -88,9 +106,9 @@ CREATE INDEX IF NOT EXISTS dead_by_device ON dead_letter(device, id);
 ";
 
 impl Spool {
-    /// Opens (creating) the spool at `path`. `hard_cap_bytes` makes SQLite refuse to grow the
-    /// file beyond it, as a full disk would.
-    pub fn open(path: &Path, hard_cap_bytes: Option<u64>) -> Result<Self, SpoolError> {
+    /// Opens (creating) the spool at `path`. A hard cap makes SQLite refuse to grow the file
+    /// beyond it, as a full disk would.
+    pub fn open(path: &Path, disk: DiskLimits) -> Result<Self, SpoolError> {
         let open_err =
             |source: Box<dyn std::error::Error + Send + Sync>| SpoolError::Open { path: path.into(), source };
         if let Some(dir) = path.parent() {
@@ -98,16 +116,23 @@ impl Spool {
         }
         let conn = Connection::open(path).map_err(|e| open_err(e.into()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(|e| open_err(e.into()))?;
+        // Only takes effect on a new file: lets `reclaim` give deleted pages back to the disk.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL").map_err(|e| open_err(e.into()))?;
         // WAL with synchronous=FULL: a committed transaction survives power loss, and readers
         // (`edge spool`) never block the writer.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| open_err(e.into()))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| open_err(e.into()))?;
+        // A short log, rewound after each checkpoint: what it can take beyond the file itself
+        // stays far below `spool.min_free_mb`, so a nearly full disk never locks up the spool
+        // (a checkpoint needs room to grow the file, a delete needs room in the log).
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES).map_err(|e| open_err(e.into()))?;
+        conn.pragma_update(None, "journal_size_limit", WAL_PAGES * 4096).map_err(|e| open_err(e.into()))?;
         conn.execute_batch(SCHEMA).map_err(|e| open_err(e.into()))?;
-        if let Some(cap) = hard_cap_bytes {
+        if let Some(cap) = disk.hard_cap_bytes {
             let page: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0)).map_err(|e| open_err(e.into()))?;
             conn.pragma_update(None, "max_page_count", (cap / page).max(16)).map_err(|e| open_err(e.into()))?;
         }
-        Ok(Spool { path: path.into(), conn: Mutex::new(conn) })
+        Ok(Spool { path: path.into(), min_free_bytes: disk.min_free_bytes, conn: Mutex::new(conn) })
     }
 
     pub fn path(&self) -> &Path {
@@ -125,11 +150,34 @@ impl Spool {
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, SpoolError> {
         let mut conn = self.conn.lock().expect("spool lock");
-        f(&mut conn).map_err(|e| self.err(e))
+        f(&mut conn).map_err(|e| {
+            let e = self.err(e);
+            if matches!(e, SpoolError::Full { .. }) {
+                // The write-ahead log may hold the last free space: fold it into the file and
+                // truncate it, so that the next delete can go through. Fails as well when the
+                // file itself has to grow; then only freeing disk space helps.
+                let _ = checkpoint(&conn);
+            }
+            e
+        })
     }
 
-    /// Stores positions in one durable transaction.
+    /// Free bytes on the spool's filesystem (None when the system cannot tell).
+    fn free_bytes(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = self.path.parent()?;
+        let dir = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid C string and a statvfs the call fills in.
+        let rc = unsafe { libc::statvfs(dir.as_ptr(), &mut stat) };
+        (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
+    }
+
+    /// Stores positions in one durable transaction, unless the disk is nearly full.
     pub fn append(&self, items: &[(String, TwinzoLocation)]) -> Result<(), SpoolError> {
+        if let Some(free) = self.free_bytes().filter(|free| *free < self.min_free_bytes) {
+            return Err(SpoolError::LowDisk { path: self.path.clone(), free, min: self.min_free_bytes });
+        }
         let now = now_ms() as i64;
         self.with(|conn| {
             let tx = conn.transaction()?;
@@ -258,6 +306,19 @@ impl Spool {
         })
     }
 
+    /// Gives the space of delivered positions back to the filesystem (pages SQLite would
+    /// otherwise keep for itself) and empties the write-ahead log into the file.
+    pub fn reclaim(&self) -> Result<(), SpoolError> {
+        self.with(|conn| {
+            // One page per result row: step through them all.
+            let mut vacuum = conn.prepare("PRAGMA incremental_vacuum")?;
+            let mut pages = vacuum.query([])?;
+            while pages.next()?.is_some() {}
+            drop(pages);
+            checkpoint(conn)
+        })
+    }
+
     /// Queue and dead-letter counts per device.
     pub fn counts(&self) -> Result<BTreeMap<String, DeviceCounts>, SpoolError> {
         self.with(|conn| {
@@ -333,6 +394,11 @@ impl Spool {
     }
 }
 
+/// Copies the write-ahead log into the database file and truncates the log.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,7 +420,7 @@ mod tests {
 
     fn spool() -> (tempfile::TempDir, Spool) {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(&dir.path().join("s.sqlite"), None).unwrap();
+        let spool = Spool::open(&dir.path().join("s.sqlite"), DiskLimits::default()).unwrap();
         (dir, spool)
     }
 
@@ -411,7 +477,11 @@ mod tests {
     #[test]
     fn a_hard_cap_is_a_full_error_not_a_crash() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Spool::open(&dir.path().join("s.sqlite"), Some(64 << 10)).unwrap();
+        let s = Spool::open(
+            &dir.path().join("s.sqlite"),
+            DiskLimits { hard_cap_bytes: Some(64 << 10), ..DiskLimits::default() },
+        )
+        .unwrap();
         let batch: Vec<(String, TwinzoLocation)> = (0..200).map(|t| ("a".to_string(), location(t))).collect();
         let mut outcome = Ok(());
         for _ in 0..100 {
@@ -426,10 +496,42 @@ mod tests {
     }
 
     #[test]
+    fn below_min_free_nothing_is_taken_but_delivery_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        Spool::open(&path, DiskLimits::default()).unwrap().append(&[("a".into(), location(1))]).unwrap();
+        let s = Spool::open(&path, DiskLimits { min_free_bytes: u64::MAX, ..DiskLimits::default() }).unwrap();
+        let refused = s.append(&[("a".into(), location(2))]);
+        assert!(matches!(refused, Err(SpoolError::LowDisk { .. })), "{refused:?}");
+        assert!(refused.unwrap_err().to_string().contains("spool.min_free_mb"));
+        let queued = s.oldest("a", 10).unwrap();
+        assert_eq!(queued.len(), 1);
+        s.remove(&[queued[0].id]).unwrap();
+        assert_eq!(s.pending("a").unwrap(), 0);
+    }
+
+    #[test]
+    fn reclaim_gives_delivered_space_back_to_the_disk() {
+        let (dir, s) = spool();
+        let size = || std::fs::read_dir(dir.path()).unwrap().map(|f| f.unwrap().metadata().unwrap().len()).sum::<u64>();
+        let batch: Vec<(String, TwinzoLocation)> = (0..5000).map(|t| ("a".to_string(), location(t))).collect();
+        s.append(&batch).unwrap();
+        s.reclaim().unwrap();
+        let full = size();
+        let ids: Vec<i64> = s.oldest("a", 5000).unwrap().iter().map(|r| r.id).collect();
+        s.remove(&ids).unwrap();
+        s.reclaim().unwrap();
+        assert!(size() < full / 4, "{} bytes after delivering everything, {full} before", size());
+    }
+
+    #[test]
     fn survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite");
-        Spool::open(&path, None).unwrap().append(&[("a".into(), location(7))]).unwrap();
-        assert_eq!(Spool::open(&path, None).unwrap().latest("a").unwrap().unwrap().location.timestamp, 7);
+        Spool::open(&path, DiskLimits::default()).unwrap().append(&[("a".into(), location(7))]).unwrap();
+        assert_eq!(
+            Spool::open(&path, DiskLimits::default()).unwrap().latest("a").unwrap().unwrap().location.timestamp,
+            7
+        );
     }
 }
