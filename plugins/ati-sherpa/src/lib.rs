@@ -4,8 +4,8 @@
 use edge_plugin_sdk::json::{Obj, parse_object};
 use edge_plugin_sdk::time::parse_utc_offset;
 use edge_plugin_sdk::{
-    Message, Plugin, PluginInfo, Position, Translation, battery_percent, check_option_names, malformed, position,
-    topic_levels,
+    Message, Plugin, PluginInfo, Position, Translation, battery_percent, check_option_names, device_id, malformed,
+    position, topic_levels,
 };
 use serde_json::Value;
 use std::cell::Cell;
@@ -79,7 +79,7 @@ fn translate_status(
         _ => return Err(malformed("sherpa_name: missing (and the topic names no robot)")),
     };
     let (x, y, z, heading) = read_pose(pose)?;
-    let mut p = position(device, x, y, z);
+    let mut p = position(device_id(device, "sherpa_name")?, x, y, z);
     p.heading_rad = Some(heading);
     p.battery_percent = battery_percent(status.num("battery_status")?);
     p.timestamp_ms = status.timestamp_ms("timestamp", Z_MEANS.get())?;

@@ -3,7 +3,8 @@
 
 use edge_plugin_sdk::json::{Obj, parse_object};
 use edge_plugin_sdk::{
-    Message, Plugin, PluginInfo, Translation, battery_percent, check_option_names, malformed, position, topic_levels,
+    Message, Plugin, PluginInfo, Translation, battery_percent, check_option_names, device_id, malformed, position,
+    topic_levels,
 };
 
 struct HiTech;
@@ -43,7 +44,7 @@ impl Plugin for HiTech {
             .ok_or_else(|| malformed("position: missing (a HiTech message needs position {x, y} in millimetres)"))?;
         let mm = |key: &str| pos.req_coordinate(key).map(|v| v / 1000.0);
         let z = if pos.has("z") { mm("z")? } else { 0.0 };
-        let mut p = position(device, mm("x")?, mm("y")?, z);
+        let mut p = position(device_id(device, "device_id")?, mm("x")?, mm("y")?, z);
         p.timestamp_ms = doc.timestamp_ms("timestamp", None)?;
         p.battery_percent = battery_percent(doc.num("battery")?);
         p.speed_mps = doc.num("speed")?.map(|mm_per_s| mm_per_s / 1000.0);

@@ -46,7 +46,10 @@ impl Plugin for Hostile {
             }
             "nan" => Ok(vec![position("nan", f64::NAN, 0.0, 0.0)]),
             "ok" => Ok(vec![position("hostile-1", 1.0, 2.0, 0.0)]),
-            "fs" => Ok(vec![reach("fs", std::fs::read_to_string("/etc/passwd").map(|s| s.len()).map_err(|e| e.to_string()))]),
+            "fs" => Ok(vec![reach(
+                "fs",
+                std::fs::read_to_string("/etc/passwd").map(|s| s.len()).map_err(|e| e.to_string()),
+            )]),
             "env" => Ok(vec![reach("env", Ok::<usize, String>(std::env::vars().count()))]),
             other => Err(malformed(format!("unknown misbehaviour `{other}`"))),
         }

@@ -30,6 +30,23 @@ pub fn malformed(why: impl Into<String>) -> TranslateError {
     TranslateError::Malformed(why.into())
 }
 
+/// The longest device id the host accepts, in bytes.
+pub const MAX_DEVICE_ID: usize = 200;
+
+/// Checks a robot id taken from `field` the way the host will (not blank, at most
+/// [`MAX_DEVICE_ID`] bytes, no control characters): a message naming its robot otherwise is
+/// malformed, not a reason for the host to blame the plugin.
+pub fn device_id(id: impl Into<String>, field: &str) -> Result<String, TranslateError> {
+    let id = id.into();
+    if id.trim().is_empty() || id.len() > MAX_DEVICE_ID || id.chars().any(char::is_control) {
+        let shown: String = id.chars().take(40).collect();
+        return Err(malformed(format!(
+            "{field}: {shown:?} is not a usable robot id (blank, over {MAX_DEVICE_ID} bytes or with control characters)"
+        )));
+    }
+    Ok(id)
+}
+
 /// A position at (x, y, z) metres with every optional field unknown.
 pub fn position(device_id: impl Into<String>, x: f64, y: f64, z: f64) -> Position {
     Position {

@@ -3,7 +3,8 @@
 
 use edge_plugin_sdk::json::{Obj, parse_object};
 use edge_plugin_sdk::{
-    Message, Plugin, PluginInfo, Translation, battery_percent, check_option_names, malformed, position, topic_levels,
+    Message, Plugin, PluginInfo, Translation, battery_percent, check_option_names, device_id, malformed, position,
+    topic_levels,
 };
 
 struct Simulator;
@@ -41,7 +42,7 @@ impl Plugin for Simulator {
             (_, Some(r)) => r,
             _ => return Err(malformed("robot: missing")),
         };
-        let mut p = position(robot, doc.req_coordinate("x")?, doc.req_coordinate("y")?, 0.0);
+        let mut p = position(device_id(robot, "robot")?, doc.req_coordinate("x")?, doc.req_coordinate("y")?, 0.0);
         p.timestamp_ms = doc.timestamp_ms("time_ms", None)?;
         p.heading_rad = doc.num("heading")?;
         p.speed_mps = doc.num("speed")?;

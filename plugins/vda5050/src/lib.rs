@@ -3,8 +3,8 @@
 
 use edge_plugin_sdk::json::{Obj, parse_object};
 use edge_plugin_sdk::{
-    Message, Plugin, PluginInfo, Position, TranslateError, Translation, battery_percent, check_option_names, malformed,
-    position, topic_levels,
+    Message, Plugin, PluginInfo, Position, TranslateError, Translation, battery_percent, check_option_names, device_id,
+    malformed, position, topic_levels,
 };
 
 struct Vda5050;
@@ -56,7 +56,12 @@ fn translate_state(doc: &Obj, topic_device: Option<String>) -> Result<Option<Pos
         (_, _, Some(d)) => d,
         _ => return Err(malformed("manufacturer/serialNumber: missing from payload and topic")),
     };
-    let mut p = position(device, pos.req_coordinate("x")?, pos.req_coordinate("y")?, 0.0);
+    let mut p = position(
+        device_id(device, "manufacturer/serialNumber")?,
+        pos.req_coordinate("x")?,
+        pos.req_coordinate("y")?,
+        0.0,
+    );
     p.heading_rad = pos.num("theta")?;
     p.map_id = pos.str("mapId")?.map(str::to_string);
     p.localization_score = pos.num("localizationScore")?.filter(|s| (0.0..=1.0).contains(s));
