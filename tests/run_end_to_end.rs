@@ -203,3 +203,63 @@ fn check_wire(twinzo: &TwinzoStandIn) {
         assert!(r.auth_calls <= 6, "tokens are cached, not fetched per post: {} sign-ins", r.auth_calls);
     });
 }
+
+/// `edge sim --config` publishes the config's fleet to the config's broker; the command line
+/// overrides the rate.
+#[test]
+fn edge_sim_publishes_the_configured_fleet_to_the_configured_broker() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sim.yaml");
+    support::write_private(
+        &config,
+        format!(
+            "simulator:\n  broker: 127.0.0.1:{}\n  fleet: line-2\n  rate_hz: 1\n  formats: [edge-sim]\n  robots:\n    - {{ name: amr-a, battery: 60, path: {{ loop: {{ center: [5, 5], radius: 2 }} }} }}\n    - {{ name: amr-b, battery: 40, path: {{ line: {{ from: [0, 0], to: [9, 0] }} }} }}\n",
+            broker.port
+        ),
+    );
+    let mut options = rumqttc::MqttOptions::new("sim-watcher", "127.0.0.1", broker.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = rumqttc::Client::new(options, 100);
+    client.subscribe("#", rumqttc::QoS::AtMostOnce).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => tx.send(None).unwrap(),
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    if tx.send(Some((p.topic, p.payload))).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+                _ => {}
+            }
+        }
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), None, "subscribed");
+    let mut sim = std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["sim", "--rate", "20", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    while started.elapsed() < Duration::from_secs(2) {
+        if let Ok(Some((topic, payload))) = rx.recv_timeout(Duration::from_millis(100)) {
+            let doc: Value = serde_json::from_slice(&payload).unwrap();
+            assert_eq!(doc["format"], "edge-sim/1", "{doc}");
+            *seen.entry(topic).or_default() += 1;
+        }
+    }
+    sim.kill().unwrap();
+    sim.wait().unwrap();
+    assert_eq!(
+        seen.keys().cloned().collect::<Vec<_>>(),
+        ["edge-sim/line-2/amr-a/state", "edge-sim/line-2/amr-b/state"],
+        "{seen:?}"
+    );
+    // --rate 20 for about 2 s, not the config's 1 Hz.
+    assert!(seen.values().all(|n| *n >= 10), "{seen:?}");
+}

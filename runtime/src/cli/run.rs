@@ -54,15 +54,15 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
 
 #[derive(Args)]
 pub struct SimArgs {
-    /// Broker to publish to, host:port.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    broker: String,
-    /// Messages per second per robot.
-    #[arg(long, default_value_t = 10.0)]
-    rate: f64,
-    /// Fleet name in the topics.
-    #[arg(long, default_value = "default")]
-    fleet: String,
+    /// Broker to publish to, host:port [default: the config's, else 127.0.0.1:1883].
+    #[arg(long)]
+    broker: Option<String>,
+    /// Messages per second per robot [default: the config's, else 10].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Fleet name in the topics [default: the config's, else "default"].
+    #[arg(long)]
+    fleet: Option<String>,
     /// Formats to publish: edge-sim, ati (repeatable; default both).
     #[arg(long = "format", value_parser = parse_format)]
     formats: Vec<SimFormat>,
@@ -80,15 +80,19 @@ fn parse_format(text: &str) -> Result<SimFormat, String> {
 }
 
 pub fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
-    let mut sim: SimulatorConfig = match &args.config {
-        Some(path) => config::load(path)?
-            .config
-            .simulator
-            .ok_or_else(|| anyhow::anyhow!("{} has no simulator section", path.display()))?,
-        None => serde_json::from_value(serde_json::json!({}))?,
+    // Command-line values win over the config file's, which win over the defaults.
+    let (mut sim, config_broker): (SimulatorConfig, _) = match &args.config {
+        Some(path) => {
+            let config = config::load(path)?.config;
+            let broker = config.simulator_broker();
+            let sim = config.simulator.ok_or_else(|| anyhow::anyhow!("{} has no simulator section", path.display()))?;
+            (sim, broker)
+        }
+        None => (serde_json::from_value(serde_json::json!({}))?, None),
     };
-    sim.rate_hz = args.rate;
-    sim.fleet = args.fleet;
+    let broker = args.broker.or(config_broker).unwrap_or_else(|| "127.0.0.1:1883".into());
+    sim.rate_hz = args.rate.unwrap_or(sim.rate_hz);
+    sim.fleet = args.fleet.unwrap_or(sim.fleet);
     if !args.formats.is_empty() {
         sim.formats = args.formats;
     }
@@ -98,7 +102,7 @@ pub fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
             let _ = tokio::signal::ctrl_c().await;
             let _ = stop.send(true);
         });
-        crate::sim::run(sim, args.broker, stopped).await
+        crate::sim::run(sim, broker, stopped).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

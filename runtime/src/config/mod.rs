@@ -40,6 +40,16 @@ impl Config {
     pub fn plant(&self, name: &str) -> Option<&PlantConfig> {
         self.plants.iter().find(|p| p.name == name)
     }
+
+    /// `host:port` the simulator publishes to: its own `broker`, else the embedded broker.
+    pub fn simulator_broker(&self) -> Option<String> {
+        let sim = self.simulator.as_ref()?;
+        sim.broker.clone().or_else(|| {
+            let listen = self.embedded_broker.as_ref()?.listen;
+            let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
+            Some(format!("{host}:{}", listen.port()))
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

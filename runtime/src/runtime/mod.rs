@@ -319,15 +319,7 @@ impl Runtime {
             let _ = stop.send(true);
         }
         let Some(sim) = new.simulator.clone() else { return };
-        let broker = sim.broker.clone().unwrap_or_else(|| {
-            let listen = new
-                .embedded_broker
-                .as_ref()
-                .expect("validated: a simulator without broker needs the embedded one")
-                .listen;
-            let host = if listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { listen.ip().to_string() };
-            format!("{host}:{}", listen.port())
-        });
+        let broker = new.simulator_broker().expect("validated: a simulator without broker needs the embedded one");
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             if let Err(e) = crate::sim::run(sim, broker, stopped).await {

@@ -8,7 +8,7 @@ use super::{DryRun, Reachability};
 use crate::backoff::Backoff;
 use crate::config::BatchingConfig;
 use crate::model::TwinzoLocation;
-use crate::spool::{Row, Spool, SpoolError};
+use crate::spool::{Spool, SpoolError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -176,8 +176,8 @@ impl DeviceWorker {
             let ids = std::mem::take(&mut self.delivered_not_removed);
             self.forget(ids).await?;
         }
-        let (robot, max) = (self.robot.clone(), self.pacing.batching.max_batch);
-        let pending = self.spool(move |s| s.pending(&robot)).await?;
+        let (robot, max, latest_first) = (self.robot.clone(), self.pacing.batching.max_batch, !self.sent_latest);
+        let (pending, rows) = self.spool(move |s| s.next_batch(&robot, max, latest_first)).await?;
         metrics::gauge!("edge_spool_queued", "plant" => self.plant.clone(), "device" => self.robot.clone())
             .set(pending as f64);
         if pending == 0 {
@@ -185,13 +185,7 @@ impl DeviceWorker {
             return Ok(Next::Idle);
         }
         let backlog = pending > max as u64;
-        let latest_first = backlog && !self.sent_latest;
-        let robot = self.robot.clone();
-        let rows: Vec<Row> = self
-            .spool(
-                move |s| if latest_first { Ok(s.latest(&robot)?.into_iter().collect()) } else { s.oldest(&robot, max) },
-            )
-            .await?;
+        let latest_first = backlog && latest_first;
         let batch: Vec<TwinzoLocation> = rows.iter().map(|r| r.location.clone()).collect();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let started = std::time::Instant::now();

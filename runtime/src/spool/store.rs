@@ -196,29 +196,32 @@ impl Spool {
 
     /// Positions waiting for `device`.
     pub fn pending(&self, device: &str) -> Result<u64, SpoolError> {
-        self.with(|conn| {
-            conn.query_row("SELECT COUNT(*) FROM queue WHERE device = ?1", [device], |r| r.get::<_, i64>(0))
-                .map(|n| n as u64)
-        })
+        self.with(|conn| count_queued(conn, device))
     }
 
     /// Up to `max` of `device`'s oldest positions, in time order.
     pub fn oldest(&self, device: &str, max: usize) -> Result<Vec<Row>, SpoolError> {
-        self.rows("SELECT id, body FROM queue WHERE device = ?1 ORDER BY ts, id LIMIT ?2", device, max)
+        self.decode(self.with(|conn| select_rows(conn, OLDEST, device, max))?)
     }
 
     /// `device`'s most recent position.
     pub fn latest(&self, device: &str) -> Result<Option<Row>, SpoolError> {
-        Ok(self
-            .rows("SELECT id, body FROM queue WHERE device = ?1 ORDER BY ts DESC, id DESC LIMIT ?2", device, 1)?
-            .pop())
+        Ok(self.decode(self.with(|conn| select_rows(conn, LATEST, device, 1))?)?.pop())
     }
 
-    fn rows(&self, sql: &str, device: &str, max: usize) -> Result<Vec<Row>, SpoolError> {
-        let raw: Vec<(i64, String)> = self.with(|conn| {
-            let mut stmt = conn.prepare_cached(sql)?;
-            stmt.query_map(params![device, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+    /// What a device worker posts next, in one call: how many positions wait, and the batch.
+    /// With more waiting than `max` and `latest_first`, the batch is the latest position
+    /// alone (the twin is current at once); otherwise the oldest `max`.
+    pub fn next_batch(&self, device: &str, max: usize, latest_first: bool) -> Result<(u64, Vec<Row>), SpoolError> {
+        let (pending, raw) = self.with(|conn| {
+            let pending = count_queued(conn, device)?;
+            let (sql, n) = if latest_first && pending > max as u64 { (LATEST, 1) } else { (OLDEST, max) };
+            Ok((pending, if pending == 0 { Vec::new() } else { select_rows(conn, sql, device, n)? }))
         })?;
+        Ok((pending, self.decode(raw)?))
+    }
+
+    fn decode(&self, raw: Vec<(i64, String)>) -> Result<Vec<Row>, SpoolError> {
         raw.into_iter()
             .map(|(id, body)| {
                 let location = serde_json::from_str(&body)
@@ -229,16 +232,16 @@ impl Spool {
     }
 
     /// Forgets delivered positions.
+    ///
+    /// Without an fsync of its own: a power cut can at worst undo the delete, and the position
+    /// is posted once more (at least once); the next append's fsync makes it durable.
+    /// (In WAL mode a commit without fsync cannot corrupt the file or reorder transactions.)
     pub fn remove(&self, ids: &[i64]) -> Result<(), SpoolError> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut delete = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
-                for id in ids {
-                    delete.execute([id])?;
-                }
-            }
-            tx.commit()
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let deleted = delete_ids(conn, ids);
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            deleted
         })
     }
 
@@ -392,6 +395,30 @@ impl Spool {
             conn.query_row("SELECT MAX(id) FROM dead_letter", [], |r| r.get(0)).optional().map(Option::flatten)
         })
     }
+}
+
+const OLDEST: &str = "SELECT id, body FROM queue WHERE device = ?1 ORDER BY ts, id LIMIT ?2";
+const LATEST: &str = "SELECT id, body FROM queue WHERE device = ?1 ORDER BY ts DESC, id DESC LIMIT ?2";
+
+fn delete_ids(conn: &mut Connection, ids: &[i64]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut delete = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
+        for id in ids {
+            delete.execute([id])?;
+        }
+    }
+    tx.commit()
+}
+
+fn count_queued(conn: &Connection, device: &str) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT COUNT(*) FROM queue WHERE device = ?1")?
+        .query_row([device], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+}
+
+fn select_rows(conn: &Connection, sql: &str, device: &str, max: usize) -> rusqlite::Result<Vec<(i64, String)>> {
+    conn.prepare_cached(sql)?.query_map(params![device, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
 }
 
 /// Copies the write-ahead log into the database file and truncates the log.
