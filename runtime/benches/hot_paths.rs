@@ -103,7 +103,12 @@ fn main() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&dir.path().join("bench.sqlite"), DiskLimits::default()).unwrap();
+    let spool = Spool::open(
+        &dir.path().join("bench.sqlite"),
+        // As `edge run` opens it by default (spool.min_free_mb: 64).
+        DiskLimits { hard_cap_bytes: None, min_free_bytes: 64 << 20 },
+    )
+    .unwrap();
     let location = TwinzoLocation {
         timestamp: 1,
         sector_id: 1,

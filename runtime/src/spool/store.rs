@@ -80,8 +80,12 @@ pub struct Spool {
     conn: Mutex<Connection>,
 }
 
-/// Write-ahead log pages between checkpoints (512 KB with 4 KB pages).
-const WAL_PAGES: i64 = 128;
+/// Write-ahead log pages between checkpoints: SQLite's default of 1000 (4 MB), fewer when
+/// `min_free_bytes` is small, so that the log never takes more than a quarter of the space
+/// kept free.
+fn wal_pages(min_free_bytes: u64) -> u64 {
+    (min_free_bytes / 4 / 4096).clamp(32, 1000)
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
@@ -122,11 +126,12 @@ impl Spool {
         // (`edge spool`) never block the writer.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| open_err(e.into()))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| open_err(e.into()))?;
-        // A short log, rewound after each checkpoint: what it can take beyond the file itself
-        // stays far below `spool.min_free_mb`, so a nearly full disk never locks up the spool
-        // (a checkpoint needs room to grow the file, a delete needs room in the log).
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_PAGES).map_err(|e| open_err(e.into()))?;
-        conn.pragma_update(None, "journal_size_limit", WAL_PAGES * 4096).map_err(|e| open_err(e.into()))?;
+        // A log rewound after each checkpoint and small next to `spool.min_free_mb`, so a
+        // nearly full disk never locks up the spool (a checkpoint needs room to grow the file,
+        // a delete needs room in the log).
+        let wal = wal_pages(disk.min_free_bytes);
+        conn.pragma_update(None, "wal_autocheckpoint", wal).map_err(|e| open_err(e.into()))?;
+        conn.pragma_update(None, "journal_size_limit", wal * 4096).map_err(|e| open_err(e.into()))?;
         conn.execute_batch(SCHEMA).map_err(|e| open_err(e.into()))?;
         if let Some(cap) = disk.hard_cap_bytes {
             let page: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0)).map_err(|e| open_err(e.into()))?;
