@@ -126,5 +126,8 @@ fn main() {
     report("spool: durable append, 1 position per transaction", measure(50, || spool.append(&one).unwrap()));
     let per_group = measure(10, || spool.append(&group).unwrap());
     report("spool: durable append, per position in groups of 256", per_group / 256);
-    report("spool: read a batch of 100 oldest", measure(200, || drop(black_box(spool.oldest("tug-1", 100).unwrap()))));
+    report(
+        "spool: next batch of 100 for a device (count + read)",
+        measure(200, || drop(black_box(spool.next_batch("tug-1", 100, false).unwrap()))),
+    );
 }

@@ -256,12 +256,13 @@ impl WriteTrouble {
 
 async fn enforce_limits(spool: &Arc<Spool>, limits: &SpoolLimits, plant: &str) {
     let (spool, limits) = (spool.clone(), limits.clone());
-    let enforce = move || {
-        let dropped = spool.enforce(&limits)?;
-        spool.reclaim()?;
-        Ok::<_, crate::spool::SpoolError>(dropped)
-    };
-    match tokio::task::spawn_blocking(enforce).await.expect("spool calls do not panic") {
+    let enforce = move || (spool.enforce(&limits), spool.reclaim());
+    let (dropped, reclaimed) = tokio::task::spawn_blocking(enforce).await.expect("spool calls do not panic");
+    if let Err(e) = reclaimed {
+        // Expected on a full disk, which the write path reports.
+        tracing::debug!(plant, "cannot give the spool's free pages back to the disk: {e}");
+    }
+    match dropped {
         Ok(dropped) => {
             for ((device, reason), n) in dropped {
                 metrics::counter!("edge_spool_dropped_total", "plant" => plant.to_string(), "device" => device.clone(), "reason" => reason).increment(n);

@@ -199,21 +199,6 @@ impl Spool {
         })
     }
 
-    /// Positions waiting for `device`.
-    pub fn pending(&self, device: &str) -> Result<u64, SpoolError> {
-        self.with(|conn| count_queued(conn, device))
-    }
-
-    /// Up to `max` of `device`'s oldest positions, in time order.
-    pub fn oldest(&self, device: &str, max: usize) -> Result<Vec<Row>, SpoolError> {
-        self.decode(self.with(|conn| select_rows(conn, OLDEST, device, max))?)
-    }
-
-    /// `device`'s most recent position.
-    pub fn latest(&self, device: &str) -> Result<Option<Row>, SpoolError> {
-        Ok(self.decode(self.with(|conn| select_rows(conn, LATEST, device, 1))?)?.pop())
-    }
-
     /// What a device worker posts next, in one call: how many positions wait, and the batch.
     /// With more waiting than `max` and `latest_first`, the batch is the latest position
     /// alone (the twin is current at once); otherwise the oldest `max`.
@@ -435,6 +420,24 @@ fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
+    /// Views the tests look through.
+    impl Spool {
+        /// Positions waiting for `device`.
+        fn pending(&self, device: &str) -> Result<u64, SpoolError> {
+            self.with(|conn| count_queued(conn, device))
+        }
+
+        /// Up to `max` of `device`'s oldest positions, in time order.
+        fn oldest(&self, device: &str, max: usize) -> Result<Vec<Row>, SpoolError> {
+            self.decode(self.with(|conn| select_rows(conn, OLDEST, device, max))?)
+        }
+
+        /// `device`'s most recent position.
+        fn latest(&self, device: &str) -> Result<Option<Row>, SpoolError> {
+            Ok(self.decode(self.with(|conn| select_rows(conn, LATEST, device, 1))?)?.pop())
+        }
+    }
+
     fn location(ts: u64) -> TwinzoLocation {
         TwinzoLocation {
             timestamp: ts,
@@ -466,6 +469,21 @@ mod tests {
         s.remove(&[oldest[0].id]).unwrap();
         assert_eq!(s.pending("a").unwrap(), 1);
         assert_eq!(s.pending("b").unwrap(), 1);
+    }
+
+    #[test]
+    fn next_batch_puts_the_latest_ahead_of_a_backlog_only() {
+        let (_dir, s) = spool();
+        s.append(&(1..=5).map(|t| ("a".to_string(), location(t))).collect::<Vec<_>>()).unwrap();
+        let stamps = |rows: Vec<Row>| rows.iter().map(|r| r.location.timestamp).collect::<Vec<_>>();
+        let (pending, rows) = s.next_batch("a", 2, true).unwrap();
+        assert_eq!((pending, stamps(rows)), (5, vec![5]));
+        let (_, rows) = s.next_batch("a", 2, false).unwrap();
+        assert_eq!(stamps(rows), vec![1, 2]);
+        // No backlog: time order even when the latest may go first.
+        let (_, rows) = s.next_batch("a", 10, true).unwrap();
+        assert_eq!(stamps(rows), vec![1, 2, 3, 4, 5]);
+        assert_eq!(s.next_batch("b", 2, true).unwrap(), (0, vec![]));
     }
 
     #[test]
