@@ -444,17 +444,21 @@ fn sigkill_under_load() {
 #[test]
 fn disk_full() {
     let h = Harness::new("disk-full", Options { hard_cap_mb: Some(1), ..Options::default() });
+    fill_then_drain(h, "cannot write the spool; holding intake", "spool full (1 MB cap) while Twinzo was down");
+}
+
+/// While Twinzo is down, streams faster than the spool can hold until `full_line` shows it
+/// holding intake; then Twinzo comes back and everything drains.
+fn fill_then_drain(h: Harness, full_line: &str, fault: &str) {
     h.twinzo.go_down();
     let traffic = h.stream(3000, 500.0, 0);
-    support::process::eventually("the spool to fill", SETTLE, || {
-        h.edge().log_text().contains("cannot write the spool; holding intake")
-    });
+    support::process::eventually("the spool to fill", SETTLE, || h.edge().log_text().contains(full_line));
     pause(1000);
     h.twinzo.come_back();
     traffic.join().unwrap();
     h.settle();
     h.edge().wait_for_log("spool writable again", Duration::from_secs(20));
-    h.finish("spool full (1 MB cap) while Twinzo was down", "until drained").print();
+    h.finish(fault, "until drained").print();
 }
 
 /// Whether this machine lets the tests mount a tmpfs (a disk that really fills up); says why not.
@@ -480,21 +484,16 @@ fn spool_filesystem_full() {
         "spool-filesystem-full",
         Options { spool_disk_kib: Some(4096), min_free_mb: Some(2), ..Options::default() },
     );
-    h.twinzo.go_down();
-    let traffic = h.stream(3000, 500.0, 0);
-    support::process::eventually("the filesystem to fill", SETTLE, || {
-        h.edge().log_text().contains("less than spool.min_free_mb")
-    });
-    pause(1000);
-    h.twinzo.come_back();
-    traffic.join().unwrap();
-    h.settle();
-    h.edge().wait_for_log("spool writable again", Duration::from_secs(20));
-    h.finish("spool's filesystem full (4 MB, keep 2 MB free) while Twinzo was down", "until drained").print();
+    fill_then_drain(
+        h,
+        "less than spool.min_free_mb",
+        "spool's filesystem full (4 MB, keep 2 MB free) while Twinzo was down",
+    );
 }
 
-/// Another program fills the disk to the last byte: SQLite cannot even delete. Nothing is
-/// taken, delivered positions are not posted twice, and all resumes once space is freed.
+/// Another program fills the disk to the last byte: nothing more is taken, delivery and its
+/// deletes go on (the write-ahead log is reused in place), no position is posted twice, and
+/// intake resumes once space is freed.
 #[test]
 fn disk_filled_by_another_program() {
     if !tmpfs_available("disk_filled_by_another_program") {
