@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod episode;
 pub mod http;
 pub mod model;
 pub mod pipeline;

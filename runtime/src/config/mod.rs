@@ -240,11 +240,19 @@ pub struct MqttConfig {
     /// Largest MQTT packet accepted (VDA 5050 orders can be large).
     #[serde(default = "defaults::max_packet_bytes")]
     pub max_packet_bytes: usize,
-    #[serde(default = "defaults::yes")]
-    pub clean_start: bool,
-    /// MQTT 5 session expiry; 0 ends the session with the connection.
+    /// Start a new session at every connect, discarding what the broker kept for us. The
+    /// default (false) keeps a persistent session: the broker holds QoS 1 messages while
+    /// edge is restarting or away, and delivers them when it is back.
     #[serde(default)]
+    pub clean_start: bool,
+    /// MQTT 5: how long the broker keeps the session after the connection ends; long
+    /// enough by default for a reboot, an upgrade or a weekend without the edge box.
+    #[serde(default = "defaults::session_expiry_s")]
     pub session_expiry_s: u32,
+    /// MQTT 5 Receive Maximum: QoS 1 messages the broker may send before edge acknowledged
+    /// them. Edge never holds more unacknowledged messages than this.
+    #[serde(default = "defaults::receive_maximum")]
+    pub receive_maximum: u16,
 }
 
 impl MqttConfig {
@@ -453,8 +461,11 @@ mod defaults {
     pub fn max_packet_bytes() -> usize {
         1 << 20
     }
-    pub fn yes() -> bool {
-        true
+    pub fn session_expiry_s() -> u32 {
+        7 * 24 * 3600
+    }
+    pub fn receive_maximum() -> u16 {
+        1024
     }
     pub fn z_scale() -> f64 {
         1000.0
@@ -552,8 +563,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
 
 /// Parses configuration text; relative paths resolve against `base`, `${VAR}` through `env`.
 pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, Vec<ConfigError>> {
-    let mut root: Value =
-        serde_saphyr::from_str(text).map_err(|e| vec![ConfigError::new("", format!("not valid YAML: {e}"))])?;
+    let mut root: Value = serde_saphyr::from_str(text).map_err(|e| vec![yaml_syntax_error(&e)])?;
     if root.is_null() {
         root = Value::Object(Default::default());
     }
@@ -569,6 +579,41 @@ pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
         }
         _ => Err(errors),
     }
+}
+
+/// A YAML syntax error by position and kind, never quoting the file: the line at fault may
+/// hold a password (the parser's own rendering shows the source around it).
+fn yaml_syntax_error(e: &serde_saphyr::Error) -> ConfigError {
+    let options = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
+    let message = elide_quoted(&e.render_with_options(options));
+    let at = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
+    ConfigError::new("", format!("not valid YAML{at}: {message}"))
+}
+
+/// `text` with whatever stands between quotes or backticks replaced by `…`.
+fn elide_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut open: Option<char> = None;
+    for c in text.chars() {
+        match open {
+            Some(q) if c == q => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if matches!(c, '"' | '\'' | '`') {
+                    open = Some(c);
+                }
+            }
+        }
+    }
+    if open.is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Secret-bearing keys whose value is written out rather than taken from the environment.

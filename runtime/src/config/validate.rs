@@ -249,6 +249,9 @@ fn check_source(config: &Config, source: &SourceConfig, path: &str, err: &mut im
     if mqtt.password.is_some() && mqtt.username.is_none() {
         err(format!("{path}.mqtt.password"), "a password needs a username".into());
     }
+    if mqtt.receive_maximum == 0 {
+        err(format!("{path}.mqtt.receive_maximum"), "must be at least 1".into());
+    }
     if !(1024..=256 << 20).contains(&mqtt.max_packet_bytes) {
         err(format!("{path}.mqtt.max_packet_bytes"), "must be between 1 KiB and 256 MiB".into());
     }
@@ -326,7 +329,7 @@ fn check_plant(plant: &PlantConfig, path: &str, err: &mut impl FnMut(String, Str
     let mut logins: BTreeMap<String, &str> = BTreeMap::new();
     for (robot, device) in &plant.devices {
         let at = join_key(&format!("{path}.devices"), robot);
-        if device.sector <= 0 {
+        if device.sector <= 0 || device.sector > i64::from(i32::MAX) {
             err(format!("{at}.sector"), format!("{} is not a Twinzo sector id", device.sector));
         }
         if plant.twinzo.is_some() && device.password.is_none() {
@@ -357,6 +360,28 @@ fn looks_like_guid(text: &str) -> bool {
 }
 
 /// Things that will not stop the runtime but that an operator should hear about.
+/// Why a restart of edge (an upgrade, a reboot) would lose what the broker received meanwhile.
+fn lossy_restarts(mqtt: &super::MqttConfig) -> Option<String> {
+    const SHORT_S: u32 = 600;
+    if mqtt.clean_start {
+        return Some(
+            "clean_start: true discards edge's session at every connect: a restart loses what was published meanwhile"
+                .into(),
+        );
+    }
+    match mqtt.protocol {
+        super::MqttProtocol::V5 if mqtt.session_expiry_s == 0 => Some(
+            "session_expiry_s: 0 ends the session with the connection: a restart loses what was published meanwhile"
+                .into(),
+        ),
+        super::MqttProtocol::V5 if mqtt.session_expiry_s < SHORT_S => Some(format!(
+            "session_expiry_s: {} keeps the session only that long: a longer reboot or upgrade loses what was published meanwhile",
+            mqtt.session_expiry_s
+        )),
+        _ => None,
+    }
+}
+
 pub(super) fn warnings(config: &Config) -> Vec<ConfigError> {
     let mut out = Vec::new();
     for (i, source) in config.sources.iter().enumerate() {
@@ -378,6 +403,7 @@ pub(super) fn warnings(config: &Config) -> Vec<ConfigError> {
                 "QoS 0 loses messages on any hiccup, and some brokers (ATI) refuse it",
             ));
         }
+        out.extend(lossy_restarts(&source.mqtt).map(|why| ConfigError::new(format!("sources[{i}].mqtt"), why)));
         let plant = config.plant(&source.plant);
         if plant.is_some_and(|p| p.devices.is_empty()) {
             out.push(ConfigError::new(

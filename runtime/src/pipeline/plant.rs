@@ -31,7 +31,16 @@ struct UnknownRobot {
 /// What became of one position.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Location { robot: String, location: TwinzoLocation },
+    Location {
+        robot: String,
+        location: TwinzoLocation,
+    },
+    /// A location Twinzo could not take: dead-lettered, not posted.
+    Refused {
+        robot: String,
+        location: TwinzoLocation,
+        why: super::Inadmissible,
+    },
     UnknownDevice,
 }
 
@@ -74,20 +83,22 @@ impl PlantPipeline {
             hints,
             &self.config.motion,
         );
-        Outcome::Location {
-            robot: p.device_id.clone(),
-            location: TwinzoLocation {
-                timestamp: at_ms,
-                sector_id,
-                x,
-                y,
-                z,
-                interval: derived.interval_ms,
-                battery: derived.battery,
-                is_moving: derived.is_moving,
-                localization_areas: Vec::new(),
-                no_go_areas: Vec::new(),
-            },
+        let location = TwinzoLocation {
+            timestamp: at_ms,
+            sector_id,
+            x,
+            y,
+            z,
+            interval: derived.interval_ms,
+            battery: derived.battery,
+            is_moving: derived.is_moving,
+            localization_areas: Vec::new(),
+            no_go_areas: Vec::new(),
+        };
+        let robot = p.device_id.clone();
+        match super::admit(&location, received_at_ms) {
+            Ok(()) => Outcome::Location { robot, location },
+            Err(why) => Outcome::Refused { robot, location, why },
         }
     }
 
@@ -164,6 +175,15 @@ mod tests {
     }
 
     #[test]
+    fn a_location_twinzo_cannot_take_is_refused() {
+        let mut p = plant();
+        let mut seconds = position("tug-133");
+        seconds.timestamp_ms = Some(1_700_000_000);
+        let outcome = p.process("s", &MM, &seconds, 1_700_000_000_000);
+        assert!(matches!(outcome, Outcome::Refused { why, .. } if why.reason == "timestamp-out-of-range"));
+    }
+
+    #[test]
     fn unknown_robot_is_dropped_and_counted() {
         assert_eq!(plant().process("s", &MM, &position("tug-999"), 0), Outcome::UnknownDevice);
     }
@@ -171,7 +191,9 @@ mod tests {
     #[test]
     fn wire_names_are_twinzo_s() {
         let mut p = plant();
-        let Outcome::Location { location, .. } = p.process("s", &MM, &position("tug-133"), 5) else { panic!() };
+        let Outcome::Location { location, .. } = p.process("s", &MM, &position("tug-133"), 1_700_000_000_000) else {
+            panic!()
+        };
         let json = serde_json::to_value(&location).unwrap();
         let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(

@@ -4,6 +4,9 @@
 wasmtime::component::bindgen!({
     world: "vendor-plugin",
     path: "../wit",
+    // Calls into a plugin are async so that a call waiting in a host function (a WASI sleep)
+    // can be cut off at its deadline (see `deadline`). Our own imports stay synchronous.
+    exports: { default: async },
 });
 
 pub use self::edge::plugin::host::Level;

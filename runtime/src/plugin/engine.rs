@@ -16,6 +16,9 @@ use wasmtime::{Config, Engine, Store};
 
 /// How often the epoch ticker advances; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// The timer that cuts off a call waiting in a host function fires this long after the epoch
+/// deadline, so that a computing call is reported as such (its trap comes first).
+const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
 
 /// The process-wide plugin engine. Cheap to clone.
 #[derive(Clone)]
@@ -37,7 +40,9 @@ impl PluginEngine {
         config.epoch_interruption(true).max_wasm_stack(limits.max_wasm_stack);
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e}"))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+        // Async WASI: a plugin waiting in a host call (sleep, poll) can then be cut off at its
+        // deadline, which the epoch interruption alone cannot do (it stops wasm code only).
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
         VendorPlugin::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(|e| anyhow::anyhow!("linking the edge:plugin host interface: {e}"))?;
         start_epoch_ticker(&engine);
@@ -131,6 +136,12 @@ impl PluginEngine {
     pub(super) fn deadline_ticks(&self) -> u64 {
         (self.inner.limits.call_timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64) + 1
     }
+
+    /// Runs one call into a plugin within its deadline. A call that computes past it traps
+    /// (epoch interruption, a moment earlier); one that waits in a host call is dropped here.
+    pub(super) fn call<F: std::future::Future>(&self, call: F) -> Result<F::Output, super::deadline::Overran> {
+        super::deadline::run(self.inner.limits.call_timeout + DEADLINE_MARGIN, call)
+    }
 }
 
 // One thread for the process advances the engine's epoch; it ends with the engine.
@@ -194,14 +205,28 @@ impl LoadedPlugin {
         Ok(plugin)
     }
 
+    /// A call that had to be cut off at its deadline.
+    pub(super) fn overran(&self, call: &str) -> LoadError {
+        LoadError::Start {
+            path: self.path.clone(),
+            reason: format!(
+                "{call} did not return within its deadline of {:?} (it waits in a host call, such as a sleep)",
+                self.engine.limits().call_timeout
+            ),
+        }
+    }
+
     fn describe(&self) -> Result<PluginInfo, LoadError> {
         let label: Arc<str> =
             self.path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "plugin".into());
         let mut store = self.engine.new_store(label);
         store.set_epoch_deadline(self.engine.deadline_ticks());
         let start = |e: wasmtime::Error| LoadError::Start { path: self.path.clone(), reason: format!("{e:#}") };
-        let bindings = self.pre.instantiate(&mut store).map_err(start)?;
-        let info = bindings.edge_plugin_translator().call_describe(&mut store).map_err(start)?;
+        let described = self.engine.call(async {
+            let bindings = self.pre.instantiate_async(&mut store).await?;
+            bindings.edge_plugin_translator().call_describe(&mut store).await
+        });
+        let info = described.map_err(|_| self.overran("describe()"))?.map_err(start)?;
         let info = PluginInfo {
             options: info.options.into_iter().map(|(name, description)| PluginOption { name, description }).collect(),
             name: info.name,

@@ -54,6 +54,11 @@ impl CallError {
         }
     }
 
+    /// The plugin misbehaved (as opposed to a message it cannot read): counts against its health.
+    pub fn is_fault(&self) -> bool {
+        matches!(self, CallError::Trapped(_) | CallError::InvalidOutput(_))
+    }
+
     pub fn detail(&self) -> &str {
         match self {
             CallError::Malformed(m)

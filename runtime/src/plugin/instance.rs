@@ -24,12 +24,13 @@ impl PluginInstance {
         let mut store = plugin.engine.new_store(plugin.info.name.as_str().into());
         store.set_epoch_deadline(plugin.engine.deadline_ticks());
         let start = |e: wasmtime::Error| LoadError::Start { path: plugin.path.clone(), reason: format!("{e:#}") };
-        let bindings = plugin.pre.instantiate(&mut store).map_err(start)?;
-        bindings
-            .edge_plugin_translator()
-            .call_configure(&mut store, &plugin.options)
-            .map_err(start)?
-            .map_err(|reason| LoadError::Configure { path: plugin.path.clone(), reason })?;
+        let started = plugin.engine.call(async {
+            let bindings = plugin.pre.instantiate_async(&mut store).await?;
+            let configured = bindings.edge_plugin_translator().call_configure(&mut store, &plugin.options).await?;
+            Ok::<_, wasmtime::Error>((bindings, configured))
+        });
+        let (bindings, configured) = started.map_err(|_| plugin.overran("configure()"))?.map_err(start)?;
+        configured.map_err(|reason| LoadError::Configure { path: plugin.path.clone(), reason })?;
         Ok(PluginInstance { plugin, store, bindings })
     }
 
@@ -46,15 +47,23 @@ impl PluginInstance {
             received_at_ms: msg.received_at_ms,
         };
         self.store.set_epoch_deadline(self.plugin.engine.deadline_ticks());
-        let result = self.bindings.edge_plugin_translator().call_translate(&mut self.store, &wit_msg);
+        let translator = self.bindings.edge_plugin_translator();
+        let result = self.plugin.engine.call(translator.call_translate(&mut self.store, &wit_msg));
         match result {
-            Ok(Ok(positions)) => self.check_output(positions),
-            Ok(Err(bindings::TranslateError::Malformed(why))) => Err(CallError::Malformed(why)),
-            Ok(Err(bindings::TranslateError::Unavailable(why))) => Err(CallError::Unavailable(why)),
-            Err(trap) => {
+            Ok(Ok(Ok(positions))) => self.check_output(positions),
+            Ok(Ok(Err(bindings::TranslateError::Malformed(why)))) => Err(CallError::Malformed(why)),
+            Ok(Ok(Err(bindings::TranslateError::Unavailable(why)))) => Err(CallError::Unavailable(why)),
+            Ok(Err(trap)) => {
                 let why = self.explain(&trap);
                 self.replace();
                 Err(CallError::Trapped(why))
+            }
+            Err(super::deadline::Overran) => {
+                self.replace();
+                Err(CallError::Trapped(format!(
+                    "did not return within its deadline of {:?}: it waits in a host call (such as a sleep); the instance was replaced",
+                    self.plugin.engine.limits().call_timeout
+                )))
             }
         }
     }

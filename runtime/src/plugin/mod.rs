@@ -7,6 +7,7 @@
 mod bindings;
 mod cache;
 mod contract;
+mod deadline;
 mod engine;
 mod error;
 pub mod fixtures;

@@ -50,7 +50,7 @@ impl HostState {
         HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: Limiter { memory_bytes: limits.memory_bytes, exceeded: None },
+            limiter: Limiter { memory_bytes: limits.memory_bytes, used: 0, exceeded: None },
             log: RateLimitedLog::new(plugin_name),
             stderr,
         }
@@ -79,20 +79,28 @@ impl bindings::edge::plugin::host::Host for HostState {
     }
 }
 
-/// Caps linear memory and remembers that it did, so a trap can be explained.
+/// Caps the linear memory of an instance, all its memories together (a component may hold
+/// several), and remembers that it did, so a trap can be explained.
 pub(super) struct Limiter {
     memory_bytes: usize,
+    /// Bytes of linear memory granted to this store so far.
+    used: usize,
     pub(super) exceeded: Option<String>,
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            let why =
-                format!("memory limit of {} MiB exceeded (wanted {} MiB)", self.memory_bytes >> 20, desired >> 20);
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = (self.used - current.min(self.used)).saturating_add(desired);
+        if total > self.memory_bytes {
+            let why = format!(
+                "memory limit of {} MiB exceeded (its memories would take {} MiB)",
+                self.memory_bytes >> 20,
+                total >> 20
+            );
             self.exceeded = Some(why.clone());
             return Err(wasmtime::format_err!(why));
         }
+        self.used = total;
         Ok(true)
     }
 

@@ -13,7 +13,7 @@ pub use health::HealthBoard;
 
 use crate::config::{self, Config, SourceConfig};
 use crate::plugin::{LoadError, LoadedPlugin, PluginEngine, SandboxLimits};
-use plant::{PlantRuntime, PlantSettings};
+use plant::{PlantDown, PlantRuntime, PlantSettings};
 use source::{Route, SourceRuntime};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,8 +24,12 @@ use watch::FileWatcher;
 
 /// Changes to one file often come as several events; wait this long for the rest.
 const DEBOUNCE: Duration = Duration::from_millis(300);
-/// How long shutdown waits for plants to deliver what they hold.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// Shutdown: sources finish and acknowledge the messages in flight within this...
+const SOURCES_GRACE: Duration = Duration::from_secs(5);
+/// ...and the whole shutdown, plants delivering what they hold included, within this.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
+/// A plant that could not start is tried again this often.
+const PLANT_RETRY: Duration = Duration::from_secs(30);
 
 /// Runs the configuration at `config_path` until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -43,7 +47,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     if let Some(broker) = config.embedded_broker.clone() {
         tokio::task::spawn_blocking(move || crate::broker::start(&broker)).await??;
     }
-    let health = Arc::new(HealthBoard::default());
+    let health = Arc::new(HealthBoard::new(Duration::from_millis(config.sandbox.call_timeout_ms)));
     crate::http::serve(config.http.listen, health.clone(), metrics).await?;
     let (changes_tx, mut changes) = mpsc::unbounded_channel();
     let watcher =
@@ -54,6 +58,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         engine,
         health,
         plants: BTreeMap::new(),
+        down: BTreeMap::new(),
         sources: BTreeMap::new(),
         simulator: None,
         watcher,
@@ -67,6 +72,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let mut summary = tokio::time::interval(runtime.config.summary_interval);
     summary.tick().await;
+    let mut plant_retry = tokio::time::interval(PLANT_RETRY);
+    plant_retry.tick().await;
     let mut previous = [0u64; 6];
     // Listen for signals once, for the whole run: a listener created per loop turn would
     // miss a signal that arrives while the loop is busy elsewhere.
@@ -83,6 +90,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 runtime.on_files_changed(&paths).await;
             }
             _ = summary.tick() => tracing::info!("summary: {}", crate::stats::STATS.summary(&mut previous)),
+            _ = plant_retry.tick(), if !runtime.down.is_empty() => runtime.retry_down_plants().await,
         }
     }
     tracing::info!("shutting down: delivering what is held");
@@ -106,6 +114,9 @@ struct Runtime {
     engine: PluginEngine,
     health: Arc<HealthBoard>,
     plants: BTreeMap<String, PlantRuntime>,
+    /// Plants that could not start (their spool cannot be opened), with why; their sources
+    /// stay disconnected, so the broker keeps their messages.
+    down: BTreeMap<String, PlantDown>,
     sources: BTreeMap<String, SourceRuntime>,
     simulator: Option<tokio::sync::watch::Sender<bool>>,
     watcher: Option<FileWatcher>,
@@ -121,24 +132,21 @@ impl Runtime {
             match self.plants.get_mut(&plant.name) {
                 Some(running) if running.settings == settings => {}
                 Some(running) => running.reconfigure(settings).await,
-                None => {
-                    let runtime = PlantRuntime::start(settings, &new).await?;
-                    self.health.set_plant(&plant.name, runtime.reach.clone());
-                    self.plants.insert(plant.name.clone(), runtime);
-                    self.spawn_preflight(plant);
-                }
+                None => self.start_plant(plant, settings, &new).await,
             }
         }
         let keep: HashSet<&str> = new.sources.iter().map(|s| s.name.as_str()).collect();
         for name in self.sources.keys().filter(|n| !keep.contains(n.as_str())).cloned().collect::<Vec<_>>() {
             self.health.remove(Some(&name), None);
-            self.sources.remove(&name).expect("listed above").finish().await;
+            let deadline = tokio::time::Instant::now() + SOURCES_GRACE;
+            self.sources.remove(&name).expect("listed above").finish(deadline).await;
             tracing::info!(source = %name, "source removed");
         }
         for source in &new.sources {
             self.apply_source(source, plugins.get(&source.name).cloned()).await;
         }
         let keep: HashSet<&str> = new.plants.iter().map(|p| p.name.as_str()).collect();
+        self.down.retain(|name, _| keep.contains(name.as_str()));
         for name in self.plants.keys().filter(|n| !keep.contains(n.as_str())).cloned().collect::<Vec<_>>() {
             self.health.remove(None, Some(&name));
             self.plants.remove(&name).expect("listed above").finish().await;
@@ -187,24 +195,66 @@ impl Runtime {
         Ok(plugins)
     }
 
+    /// Starts a plant, or marks it out of service (logged, in /readyz) if it cannot start.
+    async fn start_plant(&mut self, plant: &config::PlantConfig, settings: PlantSettings, config: &Config) {
+        match PlantRuntime::start(settings, config).await {
+            Ok(runtime) => {
+                self.down.remove(&plant.name);
+                self.health.set_plant(&plant.name, runtime.reach.clone());
+                self.plants.insert(plant.name.clone(), runtime);
+                self.spawn_preflight(plant);
+            }
+            Err(down) => {
+                tracing::error!(
+                    plant = %plant.name,
+                    "cannot start the plant; its sources stay disconnected (the broker keeps their messages), the other plants run on; trying again every {PLANT_RETRY:?}: {down}"
+                );
+                self.health.set_plant_down(&plant.name, &down.to_string());
+                self.down.insert(plant.name.clone(), down);
+            }
+        }
+    }
+
+    /// Tries the plants that could not start again; their sources connect once they run.
+    async fn retry_down_plants(&mut self) {
+        let config = self.config.clone();
+        for name in self.down.keys().cloned().collect::<Vec<_>>() {
+            let Some(plant) = config.plant(&name) else { continue };
+            self.start_plant(plant, PlantSettings::of(plant, &config), &config).await;
+            if self.plants.contains_key(&name) {
+                tracing::info!(plant = %name, "plant started");
+                for source in config.sources.iter().filter(|s| s.plant == name) {
+                    let plugin = self.sources.get(&source.name).and_then(SourceRuntime::plugin);
+                    self.apply_source(source, plugin).await;
+                }
+            }
+        }
+    }
+
     async fn apply_source(&mut self, source: &SourceConfig, plugin: Option<Arc<LoadedPlugin>>) {
         let running = match self.sources.get_mut(&source.name) {
             Some(running) => {
                 if running.config.mqtt != source.mqtt {
                     tracing::info!(source = %source.name, "MQTT settings changed: reconnecting");
-                    running.disconnect().await;
+                    running.disconnect(tokio::time::Instant::now() + SOURCES_GRACE).await;
                 }
                 running.config = source.clone();
                 running
             }
             None => {
-                let started = SourceRuntime::start(source.clone());
-                self.health.set_source(&source.name, started.status.clone(), started.route.clone());
+                let started = SourceRuntime::start(source.clone(), Some(self.config.state_dir.join("sessions")));
+                self.health.set_source(&source.name, &started);
                 self.sources.entry(source.name.clone()).or_insert(started)
             }
         };
-        let plant = self.plants.get(&source.plant).expect("config validation ties sources to plants");
-        if let Some(plugin) = plugin {
+        // A plant out of service: the source waits, disconnected, with its plugin loaded.
+        let Some(plant) = self.plants.get(&source.plant) else {
+            if let Some(plugin) = plugin {
+                running.hold_plugin(plugin);
+            }
+            return;
+        };
+        if let Some(plugin) = plugin.or_else(|| running.plugin()) {
             running.set_route(Route { plugin, transform: (&source.transform).into(), plant: plant.tx.clone() });
         }
         if !running.connected() {
@@ -269,12 +319,7 @@ impl Runtime {
                 (Ok(new), _) => {
                     metrics::counter!("edge_reloads_total", "kind" => "plugin", "outcome" => "applied").increment(1);
                     tracing::info!(source = %source.name, plugin = %new.info.name, version = %new.info.version, sha256 = &new.sha256[..12], "plugin loaded; new messages use it");
-                    let plant = self.plants.get(&source.plant).expect("validated").tx.clone();
-                    let running = self.sources.get_mut(&source.name).expect("configured sources run");
-                    running.set_route(Route { plugin: new, transform: (&source.transform).into(), plant });
-                    if !running.connected() {
-                        running.connect();
-                    }
+                    self.apply_source(&source, Some(new)).await;
                 }
                 (Err(LoadError::Read { .. }), Some(_)) if !path.exists() => {
                     tracing::warn!(source = %source.name, path = %path.display(), "plugin file removed; the source keeps running the version it loaded");
@@ -337,19 +382,32 @@ impl Runtime {
         watcher.watch_files(files);
     }
 
+    /// Bounded and lossless: sources finish the messages in flight and acknowledge them (the
+    /// rest stays unacknowledged, for the broker to deliver again), then plants write what they
+    /// hold and make one last post. Whatever is left stays in the spool.
     async fn shutdown(mut self) {
+        let started = tokio::time::Instant::now();
         if let Some(stop) = self.simulator.take() {
             let _ = stop.send(true);
         }
-        for (_, source) in std::mem::take(&mut self.sources) {
-            source.finish().await;
-        }
-        for (name, plant) in std::mem::take(&mut self.plants) {
-            if tokio::time::timeout(SHUTDOWN_GRACE, plant.finish()).await.is_err() {
-                tracing::error!(plant = %name, "did not finish delivering within {SHUTDOWN_GRACE:?}");
+        let sources = std::mem::take(&mut self.sources).into_values().map(|s| s.finish(started + SOURCES_GRACE));
+        futures_join_all(sources).await;
+        let plants = std::mem::take(&mut self.plants).into_iter().map(|(name, plant)| async move {
+            if tokio::time::timeout_at(started + SHUTDOWN_GRACE, plant.finish()).await.is_err() {
+                tracing::error!(plant = %name, "did not finish delivering within {SHUTDOWN_GRACE:?}; the rest stays in the spool");
             }
-        }
+        });
+        futures_join_all(plants).await;
     }
+}
+
+/// Runs the futures concurrently to completion.
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl Iterator<Item = F>) {
+    let mut set = tokio::task::JoinSet::new();
+    for f in futures {
+        set.spawn(f);
+    }
+    while set.join_next().await.is_some() {}
 }
 
 fn log_waiting(source: &str, error: &LoadError) {

@@ -5,12 +5,13 @@
 
 use crate::backoff::Backoff;
 use crate::config::{Config, DeviceConfig, PlantConfig};
-use crate::model::{Position, TwinzoLocation};
+use crate::episode::{Episode, News};
+use crate::model::{Position, TwinzoLocation, now_ms};
 use crate::pipeline::{Outcome, PlantPipeline, Transform};
 use crate::sink::twinzo::{TwinzoApi, TwinzoDevice};
-use crate::sink::{DeviceHandle, DeviceWorker, DryRun, Pacing, Poster, Reachability};
+use crate::sink::{Backlog, DeviceHandle, DeviceWorker, DryRun, Pacing, Poster, Reachability};
 use crate::source::Ack;
-use crate::spool::{DiskLimits, Spool, SpoolLimits};
+use crate::spool::{DiskLimits, Refused, Spool, SpoolLimits};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -26,6 +27,8 @@ const ENFORCE_EVERY: Duration = Duration::from_secs(5);
 const WRITABLE_AGAIN_AFTER: Duration = Duration::from_secs(5);
 /// While writes keep failing, a reminder this often.
 const STILL_FAILING_EVERY: Duration = Duration::from_secs(60);
+/// While a backlog is taken, its progress this often.
+const BACKLOG_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Positions of one message on their way to a plant.
 pub struct PlantInput {
@@ -33,6 +36,8 @@ pub struct PlantInput {
     pub positions: Vec<Position>,
     pub transform: Transform,
     pub received_at_ms: u64,
+    /// The source took it from a backlog (see [`crate::source::Inbound::backlog`]).
+    pub backlog: bool,
     /// Sent once every position of the message is in the spool.
     pub ack: Ack,
 }
@@ -70,20 +75,44 @@ pub struct PlantRuntime {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Why a plant cannot start. It then takes nothing (its sources stay away from the broker,
+/// which keeps their messages) while the other plants run on.
+#[derive(Debug, thiserror::Error)]
+pub enum PlantDown {
+    #[error("plant {plant}: {source}")]
+    Spool { plant: String, source: crate::spool::SpoolError },
+    #[error("plant {plant}: cannot set up the Twinzo client: {reason}")]
+    Twinzo { plant: String, reason: String },
+}
+
 impl PlantRuntime {
     /// Opens the plant's spool and starts its task and device workers.
-    pub async fn start(settings: PlantSettings, config: &Config) -> anyhow::Result<Self> {
+    pub async fn start(settings: PlantSettings, config: &Config) -> Result<Self, PlantDown> {
         let path = crate::spool::path_for(&config.state_dir, &settings.plant.name);
         let disk = DiskLimits {
             hard_cap_bytes: config.spool.hard_cap_mb.map(|mb| mb << 20),
             min_free_bytes: config.spool.min_free_mb << 20,
         };
-        let spool = Arc::new(tokio::task::spawn_blocking(move || Spool::open(&path, disk)).await??);
+        let opened = tokio::task::spawn_blocking(move || Spool::open(&path, disk)).await;
+        let spool = Arc::new(
+            opened
+                .expect("opening a spool does not panic")
+                .map_err(|source| PlantDown::Spool { plant: settings.plant.name.clone(), source })?,
+        );
         let reach = Arc::new(Reachability::default());
-        let sink = PlantSink::new(&settings, spool.clone(), reach.clone())?;
+        let backlog = Arc::new(Backlog::default());
+        let sink = PlantSink::new(&settings, spool.clone(), reach.clone(), backlog.clone())
+            .map_err(|e| PlantDown::Twinzo { plant: settings.plant.name.clone(), reason: format!("{e:#}") })?;
         let (tx, rx) = mpsc::channel(1024);
-        let task =
-            tokio::spawn(run(PlantPipeline::new(settings.plant.clone()), settings.limits.clone(), spool, sink, rx));
+        let state = PlantState {
+            pipeline: PlantPipeline::new(settings.plant.clone()),
+            limits: settings.limits.clone(),
+            spool,
+            sink,
+            backlog,
+            taking_backlog: Episode::new(BACKLOG_PROGRESS_EVERY, Backlog::LINGER),
+        };
+        let task = tokio::spawn(run(state, rx));
         Ok(PlantRuntime { tx, settings, reach, task })
     }
 
@@ -100,14 +129,18 @@ impl PlantRuntime {
     }
 }
 
-async fn run(
-    mut pipeline: PlantPipeline,
-    mut limits: SpoolLimits,
+/// What the plant task owns.
+struct PlantState {
+    pipeline: PlantPipeline,
+    limits: SpoolLimits,
     spool: Arc<Spool>,
-    mut sink: PlantSink,
-    mut rx: mpsc::Receiver<PlantMsg>,
-) {
-    let mut batch = Batch::default();
+    sink: PlantSink,
+    backlog: Arc<Backlog>,
+    taking_backlog: Episode,
+}
+
+async fn run(mut plant: PlantState, mut rx: mpsc::Receiver<PlantMsg>) {
+    let mut batch = Batch::new();
     let mut enforce = tokio::time::interval(ENFORCE_EVERY);
     loop {
         let first = tokio::select! {
@@ -116,8 +149,9 @@ async fn run(
                 None => break,
             },
             _ = enforce.tick() => {
-                enforce_limits(&spool, &limits, pipeline.name()).await;
-                batch.trouble.check_over(pipeline.name());
+                enforce_limits(&plant.spool, &plant.limits, plant.pipeline.name()).await;
+                batch.trouble_over(plant.pipeline.name());
+                plant.report_backlog(0, None);
                 continue;
             }
         };
@@ -125,15 +159,15 @@ async fn run(
         let mut taken = 0;
         while let Some(msg) = next.take() {
             match msg {
-                PlantMsg::Input(input) => batch.add(&mut pipeline, input),
+                PlantMsg::Input(input) => batch.add(&mut plant, input),
                 PlantMsg::Reconfigure(settings) => {
-                    batch.commit(&spool, &sink, pipeline.name()).await;
-                    if let Err(e) = sink.reconfigure(&settings) {
+                    batch.commit(&plant).await;
+                    if let Err(e) = plant.sink.reconfigure(&settings) {
                         tracing::error!(plant = %settings.plant.name, "cannot apply the new sink settings, keeping the old: {e:#}");
                         continue;
                     }
-                    limits = settings.limits.clone();
-                    pipeline.reconfigure(settings.plant);
+                    plant.limits = settings.limits.clone();
+                    plant.pipeline.reconfigure(settings.plant);
                 }
             }
             taken += 1;
@@ -141,26 +175,86 @@ async fn run(
                 next = rx.try_recv().ok();
             }
         }
-        batch.commit(&spool, &sink, pipeline.name()).await;
+        if taken >= GROUP_COMMIT {
+            // A full group: messages wait for the spool, the pipeline sets the pace.
+            plant.backlog.seen();
+        }
+        let (positions, newest) = (batch.items.len() as u64, batch.items.iter().map(|(_, l)| l.timestamp).max());
+        batch.commit(&plant).await;
+        plant.report_backlog(positions, newest);
     }
-    sink.finish().await;
+    plant.sink.finish().await;
+}
+
+impl PlantState {
+    /// Reports a backlog being taken as one episode: its start, its rate every 10 s, its end.
+    fn report_backlog(&mut self, positions: u64, newest_ms: Option<u64>) {
+        let plant = self.pipeline.name();
+        let news = if self.backlog.taking() {
+            self.taking_backlog.occurred_n(positions)
+        } else {
+            self.taking_backlog.check_over()
+        };
+        metrics::gauge!("edge_backlog_taking", "plant" => plant.to_string())
+            .set(f64::from(u8::from(self.taking_backlog.active())));
+        let behind_s = newest_ms.map(|t| now_ms().saturating_sub(t) / 1000);
+        match news {
+            Some(News::Started) => tracing::info!(
+                plant,
+                "taking a backlog at full speed: each device's newest position goes to Twinzo first, its history once the backlog is in"
+            ),
+            Some(News::Ongoing { count, recent, window, .. }) => tracing::info!(
+                plant,
+                taken = count,
+                per_second = (recent as f64 / window.as_secs_f64()).round(),
+                newest_taken_behind_s = behind_s,
+                "taking a backlog"
+            ),
+            Some(News::Ended { count, lasted }) => tracing::info!(
+                plant,
+                taken = count,
+                seconds = lasted.as_secs(),
+                per_second = (count as f64 / lasted.as_secs_f64().max(0.001)).round(),
+                "backlog taken; history follows in time order"
+            ),
+            None => {}
+        }
+    }
 }
 
 /// Positions and acks gathered for one spool transaction.
-#[derive(Default)]
 struct Batch {
     items: Vec<(String, TwinzoLocation)>,
+    refused: Vec<Refused>,
     acks: Vec<Ack>,
-    trouble: WriteTrouble,
+    /// Failing writes, as one episode: an error line, a reminder a minute, a recovery line.
+    trouble: Episode,
 }
 
 impl Batch {
-    fn add(&mut self, pipeline: &mut PlantPipeline, input: PlantInput) {
+    fn new() -> Self {
+        Batch {
+            items: Vec::new(),
+            refused: Vec::new(),
+            acks: Vec::new(),
+            trouble: Episode::new(STILL_FAILING_EVERY, WRITABLE_AGAIN_AFTER),
+        }
+    }
+
+    fn add(&mut self, plant: &mut PlantState, input: PlantInput) {
+        if input.backlog {
+            plant.backlog.seen();
+        }
         for position in &input.positions {
-            match pipeline.process(&input.source, &input.transform, position, input.received_at_ms) {
+            match plant.pipeline.process(&input.source, &input.transform, position, input.received_at_ms) {
                 Outcome::Location { robot, location } => {
                     crate::stats::STATS.positions.fetch_add(1, Relaxed);
                     self.items.push((robot, location));
+                }
+                Outcome::Refused { robot, location, why } => {
+                    metrics::counter!("edge_spool_dead_letters_total", "plant" => plant.pipeline.name().to_string(), "device" => robot.clone(), "reason" => why.reason).increment(1);
+                    tracing::warn!(plant = plant.pipeline.name(), %robot, reason = why.reason, "a position Twinzo cannot take, dead-lettered: {}", why.detail);
+                    self.refused.push(Refused { device: robot, location, reason: why.reason, detail: why.detail });
                 }
                 Outcome::UnknownDevice => {
                     crate::stats::STATS.unknown_devices.fetch_add(1, Relaxed);
@@ -172,84 +266,64 @@ impl Batch {
 
     /// Writes the positions durably (waiting, and so holding intake, while the spool cannot
     /// be written), then acknowledges their messages and wakes their devices.
-    async fn commit(&mut self, spool: &Arc<Spool>, sink: &PlantSink, plant: &str) {
-        if !self.items.is_empty() {
+    async fn commit(&mut self, plant: &PlantState) {
+        let name = plant.pipeline.name();
+        if !self.items.is_empty() || !self.refused.is_empty() {
             let items = Arc::new(std::mem::take(&mut self.items));
+            let refused = Arc::new(std::mem::take(&mut self.refused));
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            let count = items.len() as u64;
             loop {
-                let (spool, items) = (spool.clone(), items.clone());
+                let (spool, items, refused) = (plant.spool.clone(), items.clone(), refused.clone());
                 let started = Instant::now();
                 // A failed write tries to make room (delivered positions' pages back to the
                 // disk) for the next attempt.
-                let append = move || spool.append(&items).inspect_err(|_| drop(spool.reclaim()));
+                let append = move || spool.append_with_refused(&items, &refused).inspect_err(|_| drop(spool.reclaim()));
                 match tokio::task::spawn_blocking(append).await.expect("spool calls do not panic") {
                     Ok(()) => {
-                        metrics::histogram!("edge_spool_write_seconds", "plant" => plant.to_string())
+                        metrics::histogram!("edge_spool_write_seconds", "plant" => name.to_string())
                             .record(started.elapsed().as_secs_f64());
-                        self.trouble.check_over(plant);
+                        metrics::counter!("edge_positions_spooled_total", "plant" => name.to_string()).increment(count);
+                        self.trouble_over(name);
                         break;
                     }
                     Err(e) => {
-                        metrics::counter!("edge_spool_write_failures_total", "plant" => plant.to_string()).increment(1);
-                        self.trouble.failed(plant, &e);
+                        metrics::counter!("edge_spool_write_failures_total", "plant" => name.to_string()).increment(1);
+                        self.write_failed(name, &e);
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
             }
             let devices: BTreeSet<&str> = items.iter().map(|(robot, _)| robot.as_str()).collect();
             for device in devices {
-                sink.wake(device);
+                plant.sink.wake(device);
             }
         }
         for ack in self.acks.drain(..) {
-            ack.send();
+            ack.acknowledge();
         }
     }
-}
 
-/// Failing spool writes, tracked as episodes so that a disk hovering at its limit gives one
-/// error line, a reminder a minute, and one recovery line, not a line per transaction.
-#[derive(Default)]
-struct WriteTrouble {
-    episode: Option<Episode>,
-}
-
-struct Episode {
-    since: Instant,
-    failures: u64,
-    last_failure: Instant,
-    last_line: Instant,
-}
-
-impl WriteTrouble {
-    fn failed(&mut self, plant: &str, error: &crate::spool::SpoolError) {
-        let now = Instant::now();
-        let Some(episode) = &mut self.episode else {
-            tracing::error!(
+    fn write_failed(&mut self, plant: &str, error: &crate::spool::SpoolError) {
+        match self.trouble.occurred() {
+            Some(News::Started) => tracing::error!(
                 plant,
                 "cannot write the spool; holding intake (nothing is acknowledged until it is written): {error}"
-            );
-            self.episode = Some(Episode { since: now, failures: 1, last_failure: now, last_line: now });
-            return;
-        };
-        episode.failures += 1;
-        episode.last_failure = now;
-        if now - episode.last_line >= STILL_FAILING_EVERY {
-            episode.last_line = now;
-            let (failures, since) = (episode.failures, episode.since.elapsed());
-            tracing::error!(
+            ),
+            Some(News::Ongoing { count, lasted, .. }) => tracing::error!(
                 plant,
-                failures,
-                ?since,
+                failures = count,
+                since = ?lasted,
                 "still cannot write the spool at times; holding intake meanwhile: {error}"
-            );
+            ),
+            _ => {}
         }
     }
 
-    /// Ends the episode once writes have worked for a while.
-    fn check_over(&mut self, plant: &str) {
-        if let Some(episode) = self.episode.take_if(|e| e.last_failure.elapsed() >= WRITABLE_AGAIN_AFTER) {
-            tracing::info!(plant, failures = episode.failures, after = ?episode.since.elapsed(), "spool writable again");
+    /// Ends the write-failure episode once writes have worked for a while.
+    fn trouble_over(&mut self, plant: &str) {
+        if let Some(News::Ended { count, lasted }) = self.trouble.check_over() {
+            tracing::info!(plant, failures = count, after = ?lasted, "spool writable again");
         }
     }
 }
@@ -282,6 +356,7 @@ struct PlantSink {
     devices: HashMap<String, (DeviceConfig, DeviceHandle)>,
     workers: JoinSet<()>,
     reach: Arc<Reachability>,
+    backlog: Arc<Backlog>,
 }
 
 /// What, when changed, means every device worker must be replaced.
@@ -292,7 +367,12 @@ struct SinkSettings {
 }
 
 impl PlantSink {
-    fn new(settings: &PlantSettings, spool: Arc<Spool>, reach: Arc<Reachability>) -> anyhow::Result<Self> {
+    fn new(
+        settings: &PlantSettings,
+        spool: Arc<Spool>,
+        reach: Arc<Reachability>,
+        backlog: Arc<Backlog>,
+    ) -> anyhow::Result<Self> {
         let plant = &settings.plant;
         let api = plant.twinzo.as_ref().map(TwinzoApi::new).transpose()?.map(Arc::new);
         if plant.dry_run {
@@ -307,6 +387,7 @@ impl PlantSink {
             devices: HashMap::new(),
             workers: JoinSet::new(),
             reach,
+            backlog,
         };
         for (robot, device) in &plant.devices {
             sink.spawn(robot, device);
@@ -334,6 +415,7 @@ impl PlantSink {
             poster,
             self.settings.pacing.clone(),
             self.reach.clone(),
+            self.backlog.clone(),
         );
         self.workers.spawn(worker.run());
         self.devices.insert(robot.to_string(), (device.clone(), handle));

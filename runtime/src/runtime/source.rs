@@ -6,12 +6,16 @@ use super::plant::{PlantInput, PlantMsg};
 use crate::config::SourceConfig;
 use crate::pipeline::Transform;
 use crate::plugin::{CallError, LoadedPlugin, PluginInstance};
-use crate::source::{Inbound, SourceStatus, run_source};
+use crate::source::{Inbound, SessionMemory, SourceStatus, default_client_id, run_source};
 use arc_swap::ArcSwapOption;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
+
+/// Plugin faults in a row (traps, deadlines, invalid output) that make a source not ready.
+const FAULTS_NOT_READY: u32 = 3;
 
 /// Where a source's messages go: the plugin that reads them, the transform, the plant.
 pub struct Route {
@@ -20,34 +24,101 @@ pub struct Route {
     pub plant: mpsc::Sender<PlantMsg>,
 }
 
+/// How a source's plugin is doing, for /readyz: faults in a row, and whether a call is running.
+#[derive(Debug, Default)]
+pub struct PluginHealth(Mutex<PluginState>);
+
+#[derive(Debug, Default)]
+struct PluginState {
+    faults_in_a_row: u32,
+    last_fault: Option<String>,
+    call_started: Option<Instant>,
+}
+
+impl PluginHealth {
+    fn calling(&self) {
+        self.0.lock().expect("plugin health lock").call_started = Some(Instant::now());
+    }
+
+    fn called(&self, fault: Option<&CallError>) {
+        let mut state = self.0.lock().expect("plugin health lock");
+        state.call_started = None;
+        match fault {
+            Some(e) => {
+                state.faults_in_a_row += 1;
+                state.last_fault = Some(e.to_string());
+            }
+            None => state.faults_in_a_row = 0,
+        }
+    }
+
+    /// Why the plugin is not fit to take messages, if it is not: failing call after call,
+    /// or a call running far past any deadline.
+    pub fn problem(&self, deadline: Duration) -> Option<String> {
+        let state = self.0.lock().expect("plugin health lock");
+        if let Some(started) = state.call_started.filter(|t| t.elapsed() > 2 * deadline + Duration::from_secs(1)) {
+            return Some(format!("a plugin call has been running for {:.1?}", started.elapsed()));
+        }
+        (state.faults_in_a_row >= FAULTS_NOT_READY).then(|| {
+            let last = state.last_fault.as_deref().unwrap_or("");
+            format!("{} plugin faults in a row, the last: {last}", state.faults_in_a_row)
+        })
+    }
+}
+
 pub struct SourceRuntime {
     pub config: SourceConfig,
     pub route: Arc<ArcSwapOption<Route>>,
     pub status: Arc<SourceStatus>,
+    pub plugin_health: Arc<PluginHealth>,
+    /// Where the source remembers its broker session (None: nowhere).
+    sessions_dir: Option<PathBuf>,
+    /// A loaded plugin waiting for its plant to start.
+    held: Option<Arc<LoadedPlugin>>,
     inbound: Option<mpsc::Sender<Inbound>>,
-    mqtt: Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>,
+    mqtt: Option<(watch::Sender<Option<tokio::time::Instant>>, tokio::task::JoinHandle<()>)>,
     worker: Option<std::thread::JoinHandle<()>>,
 }
 
 impl SourceRuntime {
     /// Starts the plugin thread; the MQTT side starts with [`connect`](Self::connect) once a plugin is loaded.
-    pub fn start(config: SourceConfig) -> Self {
-        let (tx, rx) = mpsc::channel(1024);
+    pub fn start(config: SourceConfig, sessions_dir: Option<PathBuf>) -> Self {
+        // Never fuller than the receive maximum allows (the MQTT task counts what is in flight).
+        let (tx, rx) = mpsc::channel(usize::from(config.mqtt.receive_maximum.max(1)));
         let route: Arc<ArcSwapOption<Route>> = Arc::new(ArcSwapOption::empty());
-        let (name, thread_route) = (Arc::<str>::from(config.name.as_str()), route.clone());
+        let plugin_health = Arc::new(PluginHealth::default());
+        let (name, thread_route, health) =
+            (Arc::<str>::from(config.name.as_str()), route.clone(), plugin_health.clone());
         let worker = std::thread::Builder::new()
             .name(format!("plugin-{}", config.name))
-            .spawn(move || worker(name, rx, thread_route))
+            .spawn(move || worker(name, rx, thread_route, &health))
             .expect("spawning a plugin thread");
-        SourceRuntime { config, route, status: Arc::default(), inbound: Some(tx), mqtt: None, worker: Some(worker) }
+        SourceRuntime {
+            config,
+            route,
+            status: Arc::default(),
+            plugin_health,
+            sessions_dir,
+            held: None,
+            inbound: Some(tx),
+            mqtt: None,
+            worker: Some(worker),
+        }
     }
 
-    pub fn set_route(&self, route: Route) {
+    pub fn set_route(&mut self, route: Route) {
+        self.held = None;
         self.route.store(Some(Arc::new(route)));
     }
 
+    /// Keeps `plugin` for when the source's plant starts; the source takes nothing meanwhile.
+    pub fn hold_plugin(&mut self, plugin: Arc<LoadedPlugin>) {
+        self.route.store(None);
+        self.held = Some(plugin);
+    }
+
     pub fn plugin(&self) -> Option<Arc<LoadedPlugin>> {
-        self.route.load().as_ref().map(|r| r.plugin.clone())
+        self.route.load().as_ref().map(|r| r.plugin.clone()).or_else(|| self.held.clone())
     }
 
     pub fn connected(&self) -> bool {
@@ -62,53 +133,65 @@ impl SourceRuntime {
         } else {
             self.config.mqtt.topics.clone()
         };
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let mqtt = &self.config.mqtt;
+        let client_id = mqtt.client_id.clone().unwrap_or_else(|| default_client_id(&self.config.name));
+        let session = SessionMemory::new(
+            self.sessions_dir.as_ref().map(|dir| dir.join(format!("{}.json", self.config.name))),
+            &format!("{}:{}", mqtt.host, mqtt.port()),
+            &client_id,
+        );
+        let (stop_tx, stop_rx) = watch::channel(None);
         let task = tokio::spawn(run_source(
             self.config.name.as_str().into(),
             self.config.mqtt.clone(),
             topics,
             tx,
             self.status.clone(),
+            session,
             stop_rx,
         ));
         self.mqtt = Some((stop_tx, task));
     }
 
-    /// Disconnects from the broker (messages already received are still processed).
-    pub async fn disconnect(&mut self) {
+    /// Stops taking messages, finishes and acknowledges those in flight (by `deadline` at the
+    /// latest; the rest the broker delivers again), then disconnects.
+    pub async fn disconnect(&mut self, deadline: tokio::time::Instant) {
         if let Some((stop, task)) = self.mqtt.take() {
-            let _ = stop.send(true);
+            let _ = stop.send(Some(deadline));
             let _ = task.await;
         }
     }
 
-    /// Disconnects, lets the plugin thread finish the messages it holds, and returns.
-    pub async fn finish(mut self) {
-        self.disconnect().await;
+    /// Disconnects as above, then ends the plugin thread. A thread still busy at the deadline
+    /// (a plant that cannot write its spool) is left behind: its messages were not acknowledged.
+    pub async fn finish(mut self, deadline: tokio::time::Instant) {
+        self.disconnect(deadline).await;
         drop(self.inbound.take());
         // The route holds a sender of the plant: drop it so the plant can finish too.
         self.route.store(None);
         if let Some(worker) = self.worker.take() {
-            let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+            let join = tokio::task::spawn_blocking(move || worker.join());
+            if tokio::time::timeout_at(deadline, join).await.is_err() {
+                tracing::warn!(source = %self.config.name, "the plugin thread did not finish in time; its messages stay unacknowledged");
+            }
         }
     }
 }
 
 /// The plugin thread of one source.
-fn worker(source: Arc<str>, mut rx: mpsc::Receiver<Inbound>, route: Arc<ArcSwapOption<Route>>) {
+fn worker(source: Arc<str>, mut rx: mpsc::Receiver<Inbound>, route: Arc<ArcSwapOption<Route>>, health: &PluginHealth) {
     let mut instance: Option<PluginInstance> = None;
     let mut errors = ErrorLog::default();
     while let Some(inbound) = rx.blocking_recv() {
-        let Some(route) = route.load_full() else {
-            inbound.ack.send();
-            continue;
-        };
+        // Without a route (the source is going away) the message is released, not acknowledged.
+        let Some(route) = route.load_full() else { continue };
         if instance.as_ref().is_none_or(|i| !Arc::ptr_eq(i.plugin(), &route.plugin)) {
             instance = match route.plugin.instantiate() {
                 Ok(fresh) => Some(fresh),
                 Err(e) => {
+                    // Released: the message waits at the broker for a plugin that starts.
                     tracing::error!(%source, "cannot start plugin: {e}");
-                    inbound.ack.send();
+                    health.called(Some(&CallError::Trapped(e.to_string())));
                     continue;
                 }
             };
@@ -121,32 +204,34 @@ fn worker(source: Arc<str>, mut rx: mpsc::Receiver<Inbound>, route: Arc<ArcSwapO
             received_at_ms: inbound.received_at_ms,
         };
         let started = Instant::now();
+        health.calling();
         let result = instance.translate(&message);
+        health.called(result.as_ref().err().filter(|e| e.is_fault()));
         metrics::histogram!("edge_plugin_call_seconds", "plugin" => plugin.clone())
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("edge_plugin_calls_total", "plugin" => plugin.clone(), "source" => source.to_string())
             .increment(1);
         match result {
-            Ok(positions) if positions.is_empty() => inbound.ack.send(),
+            Ok(positions) if positions.is_empty() => inbound.ack.acknowledge(),
             Ok(positions) => {
                 let input = PlantInput {
                     source: source.clone(),
                     positions,
                     transform: route.transform,
                     received_at_ms: message.received_at_ms,
+                    backlog: inbound.backlog,
                     ack: inbound.ack,
                 };
-                if let Err(mpsc::error::SendError(PlantMsg::Input(input))) =
-                    route.plant.blocking_send(PlantMsg::Input(input))
-                {
-                    input.ack.send();
-                }
+                // A plant that is gone releases the message (the ack drops unsent).
+                let _ = route.plant.blocking_send(PlantMsg::Input(input));
             }
             Err(e) => {
                 metrics::counter!("edge_plugin_errors_total", "plugin" => plugin.clone(), "source" => source.to_string(), "kind" => e.kind()).increment(1);
                 crate::stats::STATS.plugin_errors.fetch_add(1, Relaxed);
                 errors.report(&source, &plugin, &message.topic, &e);
-                inbound.ack.send();
+                // Dropped on purpose and counted: a message the plugin cannot read now will not
+                // read better later.
+                inbound.ack.acknowledge();
             }
         }
     }

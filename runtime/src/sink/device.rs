@@ -1,14 +1,16 @@
 //! One device's worker: takes that device's positions from the plant's spool, posts them as
-//! batches, and removes them only once Twinzo confirmed them. After an outage it sends the
-//! latest position first (the twin is current at once), then replays the backlog in time
-//! order at a bounded rate. One failing device never holds up another.
+//! batches, and removes them only once Twinzo confirmed them. With a backlog (after an outage,
+//! or while the plant takes one from the broker) the newest position goes first, so the twin
+//! is current at once, and the history follows in time order at a bounded rate. A batch Twinzo
+//! refuses is split until the locations it will not take are found and dead-lettered. One
+//! failing device never holds up another.
 
 use super::twinzo::TwinzoDevice;
-use super::{DryRun, Reachability};
+use super::{Backlog, DryRun, Reachability};
 use crate::backoff::Backoff;
 use crate::config::BatchingConfig;
 use crate::model::TwinzoLocation;
-use crate::spool::{Spool, SpoolError};
+use crate::spool::{BatchRequest, Row, Spool, SpoolError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -17,7 +19,11 @@ use tokio::sync::{Notify, watch};
 /// Without a wake-up, look at the spool this often (`edge spool retry` adds rows from outside).
 const POLL: Duration = Duration::from_secs(5);
 /// At shutdown, one last post may take this long; what is left stays in the spool.
-const LAST_POST: Duration = Duration::from_secs(5);
+const LAST_POST: Duration = Duration::from_secs(3);
+/// While the plant takes a backlog, a device's newest position is posted this often.
+const BACKLOG_CADENCE: Duration = Duration::from_secs(1);
+/// Longest wait a `Retry-After` is followed for; a longer one is capped.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// How a post went.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,8 +34,12 @@ pub enum PostResult {
     Partial { rejected: Vec<usize>, reason: &'static str, detail: String },
     /// Twinzo refused the whole batch for a reason that retrying will not change.
     Rejected { reason: &'static str, detail: String },
-    /// Not delivered now (network, timeout, 5xx, authentication): try again later.
-    Retry { reason: &'static str, detail: String },
+    /// Twinzo refused the request for its content (a 4xx such as 400 or 413): some location
+    /// in it cannot be taken. Split, a batch shows which; alone, that location is dead-lettered.
+    Refused { reason: &'static str, detail: String },
+    /// Not delivered now (network, timeout, 5xx, 429, authentication): try again later, after
+    /// `after` when Twinzo said so.
+    Retry { reason: &'static str, detail: String, after: Option<Duration> },
 }
 
 pub enum Poster {
@@ -83,8 +93,9 @@ pub struct DeviceWorker {
     retry: Backoff,
     failing_since: Option<(tokio::time::Instant, u64)>,
     reach: Arc<Reachability>,
-    /// Set once the latest position went out ahead of a backlog; cleared when caught up.
-    sent_latest: bool,
+    backlog: Arc<Backlog>,
+    /// The newest timestamp posted (delivered or dead-lettered): a newer one jumps the queue.
+    posted_up_to: Option<u64>,
     /// Delivered positions the spool could not forget yet (a full disk): forgotten before
     /// anything is posted again, so they are not posted twice.
     delivered_not_removed: Vec<i64>,
@@ -98,6 +109,14 @@ enum Next {
     After(Duration),
 }
 
+/// How the rows of one batch fared.
+enum Delivery {
+    /// Every row was confirmed or dead-lettered.
+    Done,
+    /// Twinzo is not taking posts now: the rest stays queued.
+    Retry(Option<Duration>),
+}
+
 impl DeviceWorker {
     pub fn new(
         plant: &str,
@@ -106,6 +125,7 @@ impl DeviceWorker {
         poster: Poster,
         pacing: Pacing,
         reach: Arc<Reachability>,
+        backlog: Arc<Backlog>,
     ) -> (DeviceHandle, DeviceWorker) {
         let (wake, (stop_tx, stop)) = (Arc::new(Notify::new()), watch::channel(false));
         let worker = DeviceWorker {
@@ -119,14 +139,16 @@ impl DeviceWorker {
             retry: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
             failing_since: None,
             reach,
-            sent_latest: false,
+            backlog,
+            posted_up_to: None,
             delivered_not_removed: Vec::new(),
             spool_failures: 0,
         };
         (DeviceHandle { wake, stop: stop_tx }, worker)
     }
 
-    /// Runs until its handle is dropped. Starts with whatever the spool holds (a restart).
+    /// Runs until its handle is dropped, then tries one last post. Starts with whatever the
+    /// spool holds (a restart).
     pub async fn run(mut self) {
         let mut next = Next::After(Duration::ZERO);
         loop {
@@ -176,54 +198,88 @@ impl DeviceWorker {
             let ids = std::mem::take(&mut self.delivered_not_removed);
             self.forget(ids).await?;
         }
-        let (robot, max, latest_first) = (self.robot.clone(), self.pacing.batching.max_batch, !self.sent_latest);
-        let (pending, rows) = self.spool(move |s| s.next_batch(&robot, max, latest_first)).await?;
+        let robot = self.robot.clone();
+        let holding = self.backlog.taking();
+        let want =
+            BatchRequest { max: self.pacing.batching.max_batch, posted_up_to: self.posted_up_to, history: !holding };
+        let batch = self.spool(move |s| s.next_batch(&robot, want)).await?;
+        if batch.quarantined > 0 {
+            tracing::error!(plant = %self.plant, robot = %self.robot, rows = batch.quarantined, "unreadable positions in the spool moved to the dead letters (reason undecodable)");
+            metrics::counter!("edge_spool_dead_letters_total", "plant" => self.plant.clone(), "device" => self.robot.clone(), "reason" => "undecodable").increment(batch.quarantined);
+        }
         metrics::gauge!("edge_spool_queued", "plant" => self.plant.clone(), "device" => self.robot.clone())
-            .set(pending as f64);
-        if pending == 0 {
-            self.sent_latest = false;
+            .set(batch.pending as f64);
+        if batch.pending == 0 {
             return Ok(Next::Idle);
         }
-        let backlog = pending > max as u64;
-        let latest_first = backlog && latest_first;
-        let batch: Vec<TwinzoLocation> = rows.iter().map(|r| r.location.clone()).collect();
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let started = std::time::Instant::now();
-        let result = self.poster.post(&batch).await;
-        metrics::histogram!("edge_twinzo_post_seconds", "plant" => self.plant.clone())
-            .record(started.elapsed().as_secs_f64());
-        match result {
-            PostResult::Accepted => {
-                self.delivered(batch.len());
-                self.forget(ids).await?;
-            }
-            PostResult::Partial { rejected, reason, detail } => {
-                let refused: Vec<i64> = rejected.iter().filter_map(|i| ids.get(*i).copied()).collect();
-                let kept: Vec<i64> = ids.iter().copied().filter(|id| !refused.contains(id)).collect();
-                tracing::warn!(plant = %self.plant, robot = %self.robot, rejected = refused.len(), "Twinzo refused some locations (dead-lettered): {detail}");
-                self.delivered(batch.len() - rejected.len());
-                self.forget(kept).await?;
-                self.dead_letter(refused, reason, &detail).await?;
-            }
-            PostResult::Rejected { reason, detail } => {
-                self.failed(reason, &detail, true);
-                self.dead_letter(ids, reason, &detail).await?;
-            }
-            PostResult::Retry { reason, detail } => {
-                self.failed(reason, &detail, false);
-                return Ok(Next::After(self.retry.next_delay()));
-            }
+        if batch.rows.is_empty() {
+            // History held while the plant takes a backlog; nothing newer to show yet.
+            return Ok(Next::After(BACKLOG_CADENCE));
         }
-        self.sent_latest |= latest_first;
-        let left = pending.saturating_sub(batch.len() as u64);
+        let sent = batch.rows.len() as u64;
+        if let Delivery::Retry(after) = self.deliver(batch.rows).await? {
+            let wait = after.map_or_else(|| self.retry.next_delay(), |a| a.min(MAX_RETRY_AFTER));
+            return Ok(Next::After(wait));
+        }
+        let left = batch.pending.saturating_sub(sent);
         Ok(match left {
             0 => Next::Idle,
+            _ if self.backlog.taking() => Next::After(BACKLOG_CADENCE),
             // Catching up: bounded replay rate.
-            _ if backlog => {
-                Next::After(Duration::from_secs_f64(batch.len() as f64 / self.pacing.replay_per_second.max(1) as f64))
+            _ if batch.pending > self.pacing.batching.max_batch as u64 => {
+                Next::After(Duration::from_secs_f64(sent as f64 / self.pacing.replay_per_second.max(1) as f64))
             }
             _ => Next::After(Duration::from_millis(self.pacing.batching.flush_interval_ms)),
         })
+    }
+
+    /// Posts `rows`; a part Twinzo refuses for its content is split in halves until the
+    /// locations it will not take stand alone, and those are dead-lettered with its answer.
+    async fn deliver(&mut self, rows: Vec<Row>) -> Result<Delivery, SpoolError> {
+        let mut parts = vec![rows];
+        while let Some(part) = parts.pop() {
+            let batch: Vec<TwinzoLocation> = part.iter().map(|r| r.location.clone()).collect();
+            let ids: Vec<i64> = part.iter().map(|r| r.id).collect();
+            let started = std::time::Instant::now();
+            let result = self.poster.post(&batch).await;
+            metrics::histogram!("edge_twinzo_post_seconds", "plant" => self.plant.clone())
+                .record(started.elapsed().as_secs_f64());
+            match result {
+                PostResult::Accepted => {
+                    self.delivered(batch.len());
+                    self.forget(ids).await?;
+                }
+                PostResult::Partial { rejected, reason, detail } => {
+                    let refused: Vec<i64> = rejected.iter().filter_map(|i| ids.get(*i).copied()).collect();
+                    let kept: Vec<i64> = ids.iter().copied().filter(|id| !refused.contains(id)).collect();
+                    tracing::warn!(plant = %self.plant, robot = %self.robot, rejected = refused.len(), "Twinzo refused some locations (dead-lettered): {detail}");
+                    self.delivered(batch.len() - rejected.len());
+                    self.forget(kept).await?;
+                    self.dead_letter(refused, reason, &detail).await?;
+                }
+                PostResult::Refused { reason, detail } if part.len() == 1 => {
+                    self.failed(reason, &detail, true);
+                    self.dead_letter(ids, reason, &detail).await?;
+                }
+                PostResult::Refused { reason, .. } => {
+                    tracing::debug!(plant = %self.plant, robot = %self.robot, reason, size = part.len(), "Twinzo refused a batch: splitting it to find the locations it will not take");
+                    let mut first = part;
+                    let second = first.split_off(first.len() / 2);
+                    parts.extend([second, first]);
+                }
+                PostResult::Rejected { reason, detail } => {
+                    self.failed(reason, &detail, true);
+                    self.dead_letter(ids, reason, &detail).await?;
+                }
+                PostResult::Retry { reason, detail, after } => {
+                    self.failed(reason, &detail, false);
+                    return Ok(Delivery::Retry(after));
+                }
+            }
+            let newest = batch.iter().map(|l| l.timestamp).max();
+            self.posted_up_to = self.posted_up_to.max(newest);
+        }
+        Ok(Delivery::Done)
     }
 
     async fn spool<T: Send + 'static>(

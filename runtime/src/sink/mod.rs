@@ -8,7 +8,40 @@ pub mod twinzo;
 pub use device::{DeviceHandle, DeviceWorker, Pacing, PostResult, Poster};
 pub use dry_run::DryRun;
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Whether a plant is taking a backlog (a broker delivering what it queued while edge was away,
+/// or intake held up): its device workers then post each device's newest position and hold
+/// its history until the backlog is in, so that the newest positions reach Twinzo first.
+#[derive(Debug)]
+pub struct Backlog {
+    epoch: std::time::Instant,
+    /// Milliseconds since `epoch` until which the plant counts as taking a backlog.
+    until_ms: AtomicU64,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Backlog { epoch: std::time::Instant::now(), until_ms: AtomicU64::new(0) }
+    }
+}
+
+impl Backlog {
+    /// A backlog lasts this long past the last sign of one.
+    pub const LINGER: Duration = Duration::from_secs(2);
+
+    /// Intake just took a message from a backlog.
+    pub fn seen(&self) {
+        let until = (self.epoch.elapsed() + Self::LINGER).as_millis() as u64;
+        self.until_ms.fetch_max(until, Ordering::Relaxed);
+    }
+
+    pub fn taking(&self) -> bool {
+        self.epoch.elapsed().as_millis() as u64 <= self.until_ms.load(Ordering::Relaxed)
+            && self.until_ms.load(Ordering::Relaxed) > 0
+    }
+}
 
 /// Whether a plant's sink can reach Twinzo, as its device workers last found.
 #[derive(Debug, Default)]

@@ -1,8 +1,13 @@
 //! MQTT sources: one task per broker connection (rumqttc, MQTT 5 or 3.1.1, TLS), reconnecting
 //! with backoff, resubscribing, and handing each message on with an ack to send when it is safe.
 
+mod ack;
+mod client;
 mod mqtt;
+mod session;
 mod tls;
 
-pub use mqtt::{Ack, Inbound, SourceStatus, run_source};
+pub use ack::Ack;
+pub use mqtt::{Inbound, SourceStatus, StopSignal, default_client_id, run_source};
+pub use session::SessionMemory;
 pub use tls::{install_crypto_provider, tls_client_config};

@@ -1,17 +1,23 @@
-//! One broker connection: MQTT 5 or 3.1.1 behind one small protocol-neutral surface, with the
-//! reconnect policy rumqttc leaves to us (backoff with jitter), resubscription after a lost
-//! session, SUBACK refusals reported by topic and reason, and session takeover detection.
+//! One broker connection at run time: reconnects with backoff and jitter, resubscribes after a
+//! lost session, reports SUBACK refusals and takeovers, and keeps the flow honest: at most
+//! `receive_maximum` messages taken and not yet handled, every acknowledgement delivered, and
+//! on stop the messages in flight finished and acknowledged before it disconnects.
 
-use super::tls::tls_client_config;
+use super::ack::{Ack, Done, PacketRef};
+use super::client::{AckRefused, Client, Event, EventLoop, Failure, Refusal, connect};
+use super::session::{SessionMemory, SessionNews};
 use crate::backoff::Backoff;
-use crate::config::{MqttConfig, MqttProtocol};
+use crate::config::MqttConfig;
 use crate::model::now_ms;
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::SubscribeReasonCode as V5Code;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 /// One message from a broker, with the acknowledgement to send once it is safe.
 pub struct Inbound {
@@ -19,28 +25,9 @@ pub struct Inbound {
     pub payload: Bytes,
     pub received_at_ms: u64,
     pub ack: Ack,
-}
-
-/// A QoS 1/2 acknowledgement owed to the broker (manual acks: sent only after the message
-/// was handled, so a crash before that makes the broker deliver it again).
-pub enum Ack {
-    None,
-    V4(rumqttc::AsyncClient, Box<rumqttc::Publish>),
-    V5(rumqttc::v5::AsyncClient, Box<rumqttc::v5::mqttbytes::v5::Publish>),
-}
-
-impl Ack {
-    pub fn send(self) {
-        let result = match self {
-            Ack::None => Ok(()),
-            Ack::V4(client, publish) => client.try_ack(&publish).map_err(|e| e.to_string()),
-            Ack::V5(client, publish) => client.try_ack(&publish).map_err(|e| e.to_string()),
-        };
-        if let Err(e) = result {
-            // The broker will deliver the message again: a duplicate, not a loss.
-            tracing::debug!(error = %e, "could not send an MQTT ack");
-        }
-    }
+    /// Taken from a backlog: the pipeline, not the broker, sets the pace (a broker delivering
+    /// what it queued while edge was away, or intake held up downstream).
+    pub backlog: bool,
 }
 
 /// What the rest of the runtime can see of a source (for /readyz and logs).
@@ -57,18 +44,36 @@ impl SourceStatus {
     }
 }
 
-/// Connects, subscribes and forwards messages until `stop` turns true.
+/// How a source is told to stop: `None` while it runs; `Some(deadline)` to finish the messages
+/// in flight, acknowledge them and disconnect, by the deadline at the latest.
+pub type StopSignal = watch::Receiver<Option<Instant>>;
+
+/// A connection that lasted this long was a real session, not a flap.
+const STABLE: Duration = Duration::from_secs(10);
+/// The pipeline busy without a break for this long means the source is taking a backlog.
+const BACKLOG_AFTER: Duration = Duration::from_millis(500);
+/// Messages held back when a broker sends more than the receive maximum it agreed to;
+/// beyond this the source stops reading (TCP pushes back).
+const PARK_MAX: usize = 256;
+/// MQTT 3.1.1 cannot tell the broker our packet limit: a larger message is taken once, to be
+/// dropped and acknowledged, up to this size. Beyond it the connection stays stuck.
+const OVERSIZE_CEILING: usize = 64 << 20;
+/// After the deadline, the DISCONNECT gets this long to go out.
+const DISCONNECT_GRACE: Duration = Duration::from_millis(500);
+
+/// Connects, subscribes and forwards messages until told to stop.
 pub async fn run_source(
     name: Arc<str>,
     config: MqttConfig,
     topics: Vec<String>,
     tx: mpsc::Sender<Inbound>,
     status: Arc<SourceStatus>,
-    mut stop: watch::Receiver<bool>,
+    session: SessionMemory,
+    mut stop: StopSignal,
 ) {
-    let client_id = config.client_id.clone().unwrap_or_else(|| format!("edge-{name}"));
+    let client_id = config.client_id.clone().unwrap_or_else(|| default_client_id(&name));
     let endpoint = format!("{}:{} as {client_id}", config.host, config.port());
-    let (client, mut events) = match connect(&config, &client_id) {
+    let (client, events) = match connect(&config, &client_id) {
         Ok(pair) => pair,
         Err(e) => {
             tracing::error!(source = %name, %endpoint, "cannot set up the MQTT connection: {e:#}");
@@ -76,77 +81,379 @@ pub async fn run_source(
             return;
         }
     };
-    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
-    let mut failures = 0u32;
-    let mut connected_at: Option<Instant> = None;
-    let mut short_sessions = 0u32;
-    loop {
-        let event = tokio::select! {
-            event = events.poll() => event,
-            _ = stop.wait_for(|s| *s) => break,
-        };
-        match event {
-            Ok(Event::ConnAck { session_present }) => {
-                if config.tls.as_ref().is_some_and(|t| t.insecure) {
-                    tracing::warn!(source = %name, %endpoint, "connected WITHOUT verifying the broker's certificate (tls.insecure)");
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let mut connection = Connection {
+        window: usize::from(config.receive_maximum.max(1)),
+        name,
+        endpoint,
+        client_id,
+        config,
+        topics,
+        client,
+        events: Some(events),
+        polling: None,
+        tx,
+        status,
+        session,
+        done_tx,
+        done_rx,
+        in_pipeline: 0,
+        busy_since: None,
+        parked: VecDeque::new(),
+        owed: VecDeque::new(),
+        handed: 0,
+        connection: 0,
+        connected: false,
+        draining: None,
+        backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
+        delay: Duration::ZERO,
+        failures: 0,
+        connected_at: None,
+        short_sessions: 0,
+    };
+    connection.run(&mut stop).await;
+}
+
+/// The client id a source uses unless configured: stable across restarts, so that the broker
+/// finds the session again.
+pub fn default_client_id(source: &str) -> String {
+    format!("edge-{source}")
+}
+
+type PollFuture = Pin<Box<dyn Future<Output = (EventLoop, Result<Event, Failure>)> + Send>>;
+
+/// A message taken from the broker, not yet handed to the pipeline.
+struct Parked {
+    topic: String,
+    payload: Bytes,
+    received_at_ms: u64,
+    packet: Option<PacketRef>,
+}
+
+struct Connection {
+    name: Arc<str>,
+    endpoint: String,
+    client_id: String,
+    config: MqttConfig,
+    topics: Vec<String>,
+    client: Client,
+    /// The event loop while no poll is running; the running poll owns it, so that a poll is
+    /// never cancelled half-way (rumqttc may have taken a request it has not written yet).
+    events: Option<EventLoop>,
+    polling: Option<PollFuture>,
+    tx: mpsc::Sender<Inbound>,
+    status: Arc<SourceStatus>,
+    session: SessionMemory,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    /// Most messages in the pipeline at once: the receive maximum.
+    window: usize,
+    in_pipeline: usize,
+    /// Since when the pipeline has not been empty.
+    busy_since: Option<Instant>,
+    parked: VecDeque<Parked>,
+    /// Acknowledgements owed on this connection, not yet handed to the event loop.
+    owed: VecDeque<PacketRef>,
+    /// Acknowledgements handed to the event loop and not yet written.
+    handed: usize,
+    /// Counts connections: an ack goes out only on the connection its message came on.
+    connection: u64,
+    connected: bool,
+    draining: Option<Instant>,
+    backoff: Backoff,
+    /// Wait before the next poll (reconnect backoff).
+    delay: Duration,
+    failures: u32,
+    connected_at: Option<Instant>,
+    short_sessions: u32,
+}
+
+impl Connection {
+    async fn run(&mut self, stop: &mut StopSignal) {
+        loop {
+            self.start_poll();
+            let can_forward = !self.parked.is_empty() && self.in_pipeline < self.window && self.draining.is_none();
+            let deadline = self.draining.unwrap_or_else(far_future);
+            tokio::select! {
+                biased;
+                changed = stop.changed(), if self.draining.is_none() => {
+                    // A dropped sender means stop now.
+                    let at = if changed.is_ok() { *stop.borrow() } else { Some(Instant::now()) };
+                    self.draining = at;
                 }
-                tracing::info!(source = %name, %endpoint, session_present, "connected to MQTT broker");
-                status.connected.store(true, Ordering::Relaxed);
-                (failures, connected_at) = (0, Some(Instant::now()));
-                if !session_present {
-                    if let Err(e) = client.subscribe(&topics, config.qos) {
-                        tracing::error!(source = %name, "cannot subscribe: {e}");
+                Some(done) = self.done_rx.recv() => self.completed(done),
+                permit = self.tx.clone().reserve_owned(), if can_forward => match permit {
+                    Ok(permit) => self.forward(permit),
+                    Err(_) => break,
+                },
+                (events, result) = running(&mut self.polling), if self.polling.is_some() => {
+                    self.polling = None;
+                    self.events = Some(events);
+                    match result {
+                        Ok(event) => self.on_event(event).await,
+                        Err(failure) => self.on_failure(failure),
                     }
                 }
+                () = tokio::time::sleep_until(deadline), if self.draining.is_some() => break,
             }
-            Ok(Event::SubAck(codes)) => report_suback(&name, &topics, config.qos, &codes, &status),
-            Ok(Event::Publish { topic, payload, ack }) => {
-                metrics::counter!("edge_messages_received_total", "source" => name.to_string()).increment(1);
-                crate::stats::STATS.messages_in.fetch_add(1, Ordering::Relaxed);
-                let inbound = Inbound { topic, payload, received_at_ms: now_ms(), ack };
-                // Waiting here is the backpressure: we stop reading, the broker holds the rest.
-                if tx.send(inbound).await.is_err() {
+            self.hand_over_acks();
+            if self.draining.is_some() && self.settled() {
+                break;
+            }
+        }
+        self.disconnect().await;
+    }
+
+    /// Starts the next poll of the event loop unless one runs or the source must not read.
+    fn start_poll(&mut self) {
+        if self.polling.is_some() || self.parked.len() >= PARK_MAX {
+            return;
+        }
+        let Some(mut events) = self.events.take() else { return };
+        let delay = std::mem::take(&mut self.delay);
+        self.polling = Some(Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let result = events.poll().await;
+            (events, result)
+        }));
+    }
+
+    /// Stopping: everything taken is handled and its acknowledgement written (or the
+    /// connection is gone, and the broker delivers the rest again).
+    fn settled(&self) -> bool {
+        self.in_pipeline == 0 && (!self.connected || (self.owed.is_empty() && self.handed == 0))
+    }
+
+    fn forward(&mut self, permit: mpsc::OwnedPermit<Inbound>) {
+        let parked = self.parked.pop_front().expect("forwarding needs a parked message");
+        let now = Instant::now();
+        let busy_since = *self.busy_since.get_or_insert(now);
+        permit.send(Inbound {
+            topic: parked.topic,
+            payload: parked.payload,
+            received_at_ms: parked.received_at_ms,
+            ack: Ack::new(self.done_tx.clone(), parked.packet),
+            backlog: now - busy_since >= BACKLOG_AFTER,
+        });
+        self.in_pipeline += 1;
+    }
+
+    fn completed(&mut self, done: Done) {
+        self.in_pipeline = self.in_pipeline.saturating_sub(1);
+        if self.in_pipeline == 0 {
+            self.busy_since = None;
+        }
+        match done.packet {
+            Some(packet) if done.acknowledge && packet.connection == self.connection => self.owed.push_back(packet),
+            Some(_) if done.acknowledge => {
+                // Its connection is gone: the broker delivers the message again (a duplicate).
+                metrics::counter!("edge_acks_skipped_total", "source" => self.name.to_string()).increment(1);
+            }
+            _ => {}
+        }
+    }
+
+    /// Moves owed acknowledgements into the event loop's request channel while it has room;
+    /// the rest wait for the next turn. None is ever dropped while its connection lives.
+    fn hand_over_acks(&mut self) {
+        while let Some(packet) = self.owed.front() {
+            if !self.connected {
+                break;
+            }
+            match self.client.ack(packet.pkid, packet.qos) {
+                Ok(()) => {
+                    self.owed.pop_front();
+                    self.handed += 1;
+                }
+                Err(AckRefused::Full) => break,
+                Err(AckRefused::Closed) => {
+                    self.owed.clear();
                     break;
-                }
-            }
-            Ok(Event::Other) => {}
-            Err(e) => {
-                status.connected.store(false, Ordering::Relaxed);
-                failures += 1;
-                // Only a connection that held for a while earns a fresh, short backoff: one
-                // that the broker keeps closing must not be retried in a tight loop.
-                match connected_at.take().map(|t| t.elapsed()) {
-                    Some(held) if held < STABLE => short_sessions += 1,
-                    Some(_) => {
-                        short_sessions = 0;
-                        backoff.reset();
-                    }
-                    None => {}
-                }
-                let delay = backoff.next_delay();
-                if e.contains("SessionTakenOver") {
-                    tracing::error!(source = %name, %endpoint, "session takeover: another client connected with client id {client_id}");
-                } else if short_sessions >= 3 && short_sessions % 3 == 0 {
-                    tracing::error!(source = %name, %endpoint, "the broker closed the connection right after connecting {short_sessions} times: is another client using client id {client_id}? (session takeover)");
-                }
-                if failures == 1 {
-                    tracing::warn!(source = %name, %endpoint, "MQTT connection lost or refused: {e}; reconnecting with backoff");
-                } else {
-                    tracing::debug!(source = %name, %endpoint, failures, ?delay, "MQTT connection still failing: {e}");
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    _ = stop.wait_for(|s| *s) => break,
                 }
             }
         }
     }
-    client.disconnect();
-    status.connected.store(false, Ordering::Relaxed);
-    tracing::info!(source = %name, %endpoint, "MQTT source stopped");
+
+    async fn on_event(&mut self, event: Event) {
+        match event {
+            Event::ConnAck { session_present } => self.on_connack(session_present).await,
+            Event::SubAck(codes) => report_suback(&self.name, &self.topics, self.config.qos, &codes, &self.status),
+            Event::Publish { topic, payload, packet } => self.on_publish(topic, payload, packet),
+            Event::BadTopic { packet } => {
+                self.drop_on_purpose(packet, "bad-topic", "a message whose topic is not UTF-8")
+            }
+            Event::AckWritten => self.handed = self.handed.saturating_sub(1),
+            Event::DisconnectWritten | Event::Other => {}
+        }
+    }
+
+    async fn on_connack(&mut self, session_present: bool) {
+        if self.config.tls.as_ref().is_some_and(|t| t.insecure) {
+            tracing::warn!(source = %self.name, endpoint = %self.endpoint, "connected WITHOUT verifying the broker's certificate (tls.insecure)");
+        }
+        tracing::info!(source = %self.name, endpoint = %self.endpoint, session_present, "connected to MQTT broker");
+        self.connection += 1;
+        self.connected = true;
+        self.owed.clear();
+        self.handed = 0;
+        self.status.connected.store(true, Ordering::Relaxed);
+        (self.failures, self.connected_at) = (0, Some(Instant::now()));
+        let news = self.session.connected(self.config.clean_start, session_present).await;
+        self.report_session(news);
+        if !session_present && let Err(e) = self.client.subscribe(&self.topics, self.config.qos) {
+            tracing::error!(source = %self.name, "cannot subscribe: {e}");
+        }
+    }
+
+    fn report_session(&self, news: SessionNews) {
+        let (source, client_id) = (&*self.name, &self.client_id);
+        match news {
+            SessionNews::Clean => {
+                tracing::info!(
+                    source,
+                    "clean start: the broker keeps nothing for edge while it is away (mqtt.clean_start)"
+                )
+            }
+            SessionNews::New => tracing::info!(
+                source,
+                client_id,
+                "new persistent session: from now on the broker keeps QoS 1 messages for edge while it is away"
+            ),
+            SessionNews::Resumed => {
+                tracing::info!(source, client_id, "the broker kept edge's session: it delivers what arrived meanwhile")
+            }
+            SessionNews::Lost { last_connected_ms } => {
+                let away_s = now_ms().saturating_sub(last_connected_ms) / 1000;
+                metrics::counter!("edge_sessions_lost_total", "source" => source.to_string()).increment(1);
+                tracing::error!(
+                    source,
+                    client_id,
+                    away_s,
+                    session_expiry_s = self.config.session_expiry_s,
+                    "the broker has no session for edge although it had one: messages published while edge was away are lost. \
+                     Likely: the session expired, the broker restarted without persistence, or another client used this \
+                     client id with a clean start (see docs/operations.md, broker requirements)"
+                );
+            }
+        }
+    }
+
+    fn on_publish(&mut self, topic: String, payload: Bytes, packet: Option<(u16, u8)>) {
+        metrics::counter!("edge_messages_received_total", "source" => self.name.to_string()).increment(1);
+        crate::stats::STATS.messages_in.fetch_add(1, Ordering::Relaxed);
+        if topic.len() + payload.len() > self.config.max_packet_bytes {
+            // Only over MQTT 3.1.1, which cannot tell the broker our limit (see on_failure).
+            self.events.as_mut().expect("idle after a poll").accept_packets_up_to(self.config.max_packet_bytes);
+            return self.drop_on_purpose(packet, "oversized", "a message over mqtt.max_packet_bytes");
+        }
+        if self.draining.is_some() {
+            // Not acknowledged: the broker delivers it again after the restart.
+            return;
+        }
+        let packet = packet.map(|(pkid, qos)| PacketRef { pkid, qos, connection: self.connection });
+        self.parked.push_back(Parked { topic, payload, received_at_ms: now_ms(), packet });
+    }
+
+    /// A message edge will never handle: counted, logged, and acknowledged so that the
+    /// broker does not send it again and again.
+    fn drop_on_purpose(&mut self, packet: Option<(u16, u8)>, reason: &'static str, what: &str) {
+        metrics::counter!("edge_messages_dropped_total", "source" => self.name.to_string(), "reason" => reason)
+            .increment(1);
+        tracing::warn!(source = %self.name, reason, "dropped {what}");
+        if let Some((pkid, qos)) = packet {
+            self.owed.push_back(PacketRef { pkid, qos, connection: self.connection });
+        }
+    }
+
+    fn on_failure(&mut self, failure: Failure) {
+        let (name, endpoint, client_id) = (&*self.name, &self.endpoint, &self.client_id);
+        self.status.connected.store(false, Ordering::Relaxed);
+        self.connected = false;
+        self.failures += 1;
+        // Only a connection that held for a while earns a fresh, short backoff: one that the
+        // broker keeps closing must not be retried in a tight loop.
+        match self.connected_at.take().map(|t| t.elapsed()) {
+            Some(held) if held < STABLE => self.short_sessions += 1,
+            Some(_) => {
+                self.short_sessions = 0;
+                self.backoff.reset();
+            }
+            None => {}
+        }
+        self.delay = self.backoff.next_delay();
+        match &failure {
+            Failure::TakenOver => {
+                tracing::error!(source = name, %endpoint, "session takeover: another client connected with client id {client_id}")
+            }
+            Failure::Oversized { size, limit } if *size <= OVERSIZE_CEILING => {
+                tracing::warn!(
+                    source = name,
+                    size,
+                    limit,
+                    "the broker sends a message over mqtt.max_packet_bytes again and again (MQTT 3.1.1 cannot refuse it): taking it once to drop it"
+                );
+                self.events.as_mut().expect("idle after a poll").accept_packets_up_to(*size);
+                self.delay = Duration::ZERO;
+                return;
+            }
+            Failure::Oversized { size, .. } => {
+                tracing::error!(
+                    source = name,
+                    size,
+                    "the broker sends a message over {OVERSIZE_CEILING} bytes again and again; edge cannot take it, and the broker keeps it in the session: remove it at the broker"
+                )
+            }
+            Failure::Other(_) if self.short_sessions >= 3 && self.short_sessions.is_multiple_of(3) => {
+                let n = self.short_sessions;
+                tracing::error!(source = name, %endpoint, "the broker closed the connection right after connecting {n} times: is another client using client id {client_id}? (session takeover)");
+            }
+            Failure::Other(_) => {}
+        }
+        if self.failures == 1 {
+            tracing::warn!(source = name, %endpoint, "MQTT connection lost or refused: {failure}; reconnecting with backoff");
+        } else {
+            tracing::debug!(source = name, %endpoint, failures = self.failures, delay = ?self.delay, "MQTT connection still failing: {failure}");
+        }
+    }
+
+    /// Sends DISCONNECT (the session stays with the broker) and waits briefly for it to go out.
+    async fn disconnect(&mut self) {
+        let unfinished = self.in_pipeline + self.parked.len();
+        self.parked.clear();
+        if self.connected {
+            self.client.disconnect();
+            let until = Instant::now() + DISCONNECT_GRACE;
+            while let Ok(Some((events, result))) =
+                tokio::time::timeout_at(until, async { Some(self.next_event().await) }).await
+            {
+                self.events = Some(events);
+                if matches!(result, Ok(Event::DisconnectWritten) | Err(_)) {
+                    break;
+                }
+            }
+        }
+        self.status.connected.store(false, Ordering::Relaxed);
+        // Unfinished messages are not acknowledged: the broker delivers them again.
+        tracing::info!(source = %self.name, endpoint = %self.endpoint, unfinished, "MQTT source stopped");
+    }
+
+    async fn next_event(&mut self) -> (EventLoop, Result<Event, Failure>) {
+        self.start_poll();
+        let result = running(&mut self.polling).await;
+        self.polling = None;
+        result
+    }
 }
 
-fn report_suback(name: &str, topics: &[String], qos: u8, codes: &[Result<u8, String>], status: &SourceStatus) {
+async fn running(polling: &mut Option<PollFuture>) -> (EventLoop, Result<Event, Failure>) {
+    polling.as_mut().expect("guarded by polling.is_some()").await
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365)
+}
+
+fn report_suback(name: &str, topics: &[String], qos: u8, codes: &[Result<u8, Refusal>], status: &SourceStatus) {
     let mut refused = None;
     for (i, code) in codes.iter().enumerate() {
         let topic = topics.get(i).map(String::as_str).unwrap_or("?");
@@ -162,7 +469,7 @@ fn report_suback(name: &str, topics: &[String], qos: u8, codes: &[Result<u8, Str
             }
             Ok(_) => tracing::info!(source = name, topic, "subscribed"),
             Err(reason) => {
-                let hint = if qos == 0 && reason.contains("135") {
+                let hint = if qos == 0 && reason.code == 135 {
                     " (ATI's broker answers 135 to QoS 0 subscriptions: use qos: 1)"
                 } else {
                     ""
@@ -175,169 +482,4 @@ fn report_suback(name: &str, topics: &[String], qos: u8, codes: &[Result<u8, Str
         }
     }
     *status.subscribe_error.lock().expect("status lock") = refused;
-}
-
-/// A connection that lasted this long was a real session, not a flap.
-const STABLE: Duration = Duration::from_secs(10);
-
-/// A protocol-neutral broker event. (A broker's DISCONNECT, e.g. a session takeover,
-/// reaches us as a connection error from rumqttc.)
-enum Event {
-    ConnAck {
-        session_present: bool,
-    },
-    /// Per filter, in subscription order: the granted QoS, or why it was refused.
-    SubAck(Vec<Result<u8, String>>),
-    Publish {
-        topic: String,
-        payload: Bytes,
-        ack: Ack,
-    },
-    Other,
-}
-
-enum Client {
-    V4(rumqttc::AsyncClient),
-    V5(rumqttc::v5::AsyncClient),
-}
-
-enum EventLoop {
-    V4(Box<rumqttc::EventLoop>, rumqttc::AsyncClient),
-    V5(Box<rumqttc::v5::EventLoop>, rumqttc::v5::AsyncClient),
-}
-
-/// Requests the event loop can hold: acks for a burst of messages and the subscriptions.
-const REQUEST_CAPACITY: usize = 4096;
-
-fn connect(config: &MqttConfig, client_id: &str) -> anyhow::Result<(Client, EventLoop)> {
-    let transport = match &config.tls {
-        Some(tls) => {
-            rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_client_config(tls)?)))
-        }
-        None => rumqttc::Transport::Tcp,
-    };
-    let keep_alive = Duration::from_secs(config.keep_alive_s.max(5));
-    let credentials = config
-        .username
-        .as_ref()
-        .map(|u| (u.clone(), config.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default()));
-    Ok(match config.protocol {
-        MqttProtocol::V311 => {
-            let mut options = rumqttc::MqttOptions::new(client_id, &config.host, config.port());
-            options
-                .set_transport(transport)
-                .set_keep_alive(keep_alive)
-                .set_clean_session(config.clean_start)
-                .set_manual_acks(true)
-                .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes)
-                .set_request_channel_capacity(REQUEST_CAPACITY);
-            if let Some((user, pass)) = credentials {
-                options.set_credentials(user, pass);
-            }
-            let (client, events) = rumqttc::AsyncClient::new(options, REQUEST_CAPACITY);
-            (Client::V4(client.clone()), EventLoop::V4(Box::new(events), client))
-        }
-        MqttProtocol::V5 => {
-            let mut options = rumqttc::v5::MqttOptions::new(client_id, &config.host, config.port());
-            options
-                .set_transport(transport)
-                .set_keep_alive(keep_alive)
-                .set_clean_start(config.clean_start)
-                .set_session_expiry_interval(Some(config.session_expiry_s))
-                .set_manual_acks(true)
-                .set_max_packet_size(Some(config.max_packet_bytes as u32))
-                .set_receive_maximum(Some(256))
-                .set_request_channel_capacity(REQUEST_CAPACITY);
-            if let Some((user, pass)) = credentials {
-                options.set_credentials(user, pass);
-            }
-            let (client, events) = rumqttc::v5::AsyncClient::new(options, REQUEST_CAPACITY);
-            (Client::V5(client.clone()), EventLoop::V5(Box::new(events), client))
-        }
-    })
-}
-
-impl Client {
-    fn subscribe(&self, topics: &[String], qos: u8) -> Result<(), String> {
-        match self {
-            Client::V4(c) => {
-                let qos = rumqttc::qos(qos).map_err(|e| e.to_string())?;
-                c.try_subscribe_many(topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), qos)))
-                    .map_err(|e| e.to_string())
-            }
-            Client::V5(c) => {
-                let qos = rumqttc::v5::mqttbytes::qos(qos).ok_or("bad QoS")?;
-                c.try_subscribe_many(topics.iter().map(|t| rumqttc::v5::mqttbytes::v5::Filter::new(t.clone(), qos)))
-                    .map_err(|e| e.to_string())
-            }
-        }
-    }
-
-    fn disconnect(&self) {
-        let _ = match self {
-            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
-            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
-        };
-    }
-}
-
-impl EventLoop {
-    async fn poll(&mut self) -> Result<Event, String> {
-        use rumqttc::v5::mqttbytes::v5::Packet as P5;
-        use rumqttc::{Event as E4, Packet as P4};
-        match self {
-            EventLoop::V4(events, client) => Ok(match events.poll().await.map_err(|e| e.to_string())? {
-                E4::Incoming(P4::ConnAck(ack)) => Event::ConnAck { session_present: ack.session_present },
-                E4::Incoming(P4::SubAck(ack)) => Event::SubAck(
-                    ack.return_codes
-                        .iter()
-                        .map(|c| match c {
-                            rumqttc::SubscribeReasonCode::Success(q) => Ok(*q as u8),
-                            rumqttc::SubscribeReasonCode::Failure => Err("failure (0x80)".to_string()),
-                        })
-                        .collect(),
-                ),
-                E4::Incoming(P4::Publish(p)) => Event::Publish {
-                    topic: p.topic.clone(),
-                    payload: p.payload.clone(),
-                    ack: Ack::V4(client.clone(), Box::new(p)),
-                },
-                _ => Event::Other,
-            }),
-            EventLoop::V5(events, client) => Ok(match events.poll().await.map_err(|e| e.to_string())? {
-                rumqttc::v5::Event::Incoming(P5::ConnAck(ack)) => {
-                    Event::ConnAck { session_present: ack.session_present }
-                }
-                rumqttc::v5::Event::Incoming(P5::SubAck(ack)) => {
-                    Event::SubAck(ack.return_codes.iter().map(v5_code).collect())
-                }
-                rumqttc::v5::Event::Incoming(P5::Publish(p)) => match String::from_utf8(p.topic.to_vec()) {
-                    Ok(topic) => {
-                        Event::Publish { topic, payload: p.payload.clone(), ack: Ack::V5(client.clone(), Box::new(p)) }
-                    }
-                    Err(_) => {
-                        Ack::V5(client.clone(), Box::new(p)).send();
-                        Event::Other
-                    }
-                },
-                _ => Event::Other,
-            }),
-        }
-    }
-}
-
-fn v5_code(code: &V5Code) -> Result<u8, String> {
-    let (number, name) = match code {
-        V5Code::Success(q) => return Ok(*q as u8),
-        V5Code::Failure | V5Code::Unspecified => (128, "unspecified error"),
-        V5Code::ImplementationSpecific => (131, "implementation specific error"),
-        V5Code::NotAuthorized => (135, "not authorized"),
-        V5Code::TopicFilterInvalid => (143, "topic filter invalid"),
-        V5Code::PkidInUse => (145, "packet identifier in use"),
-        V5Code::QuotaExceeded => (151, "quota exceeded"),
-        V5Code::SharedSubscriptionsNotSupported => (158, "shared subscriptions not supported"),
-        V5Code::SubscriptionIdNotSupported => (161, "subscription identifiers not supported"),
-        V5Code::WildcardSubscriptionsNotSupported => (162, "wildcard subscriptions not supported"),
-    };
-    Err(format!("reason {number} ({name})"))
 }

@@ -9,7 +9,9 @@
 
 mod store;
 
-pub use store::{DeadRow, DeviceCounts, DiskLimits, Purge, Row, Spool, SpoolError, SpoolLimits};
+pub use store::{
+    BatchRequest, DeadRow, DeviceCounts, DiskLimits, NextBatch, Purge, Refused, Row, Spool, SpoolError, SpoolLimits,
+};
 
 use std::path::{Path, PathBuf};
 

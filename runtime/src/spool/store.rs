@@ -20,8 +20,6 @@ pub enum SpoolError {
     Open { path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("spool {}: {source}", path.display())]
     Sqlite { path: PathBuf, source: rusqlite::Error },
-    #[error("spool {}: a stored position is unreadable: {source}", path.display())]
-    Corrupt { path: PathBuf, source: serde_json::Error },
 }
 
 /// The size and age policy of one spool.
@@ -48,6 +46,35 @@ pub struct DiskLimits {
 pub struct Row {
     pub id: i64,
     pub location: TwinzoLocation,
+}
+
+/// A position refused before it could be posted (Twinzo could not take it), with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub device: String,
+    pub location: TwinzoLocation,
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// What a device worker asks the spool for (see [`Spool::next_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchRequest {
+    pub max: usize,
+    /// The newest timestamp this device has posted, if any.
+    pub posted_up_to: Option<u64>,
+    /// Whether history may go now (not while the plant takes a backlog).
+    pub history: bool,
+}
+
+/// The spool's answer to a [`BatchRequest`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NextBatch {
+    /// Positions waiting for the device, this batch included.
+    pub pending: u64,
+    pub rows: Vec<Row>,
+    /// Unreadable rows just moved to the dead letters.
+    pub quarantined: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -180,6 +207,16 @@ impl Spool {
 
     /// Stores positions in one durable transaction, unless the disk is nearly full.
     pub fn append(&self, items: &[(String, TwinzoLocation)]) -> Result<(), SpoolError> {
+        self.append_with_refused(items, &[])
+    }
+
+    /// As [`append`](Self::append), with positions refused before posting going straight to
+    /// the dead letters, in the same transaction.
+    pub fn append_with_refused(
+        &self,
+        items: &[(String, TwinzoLocation)],
+        refused: &[Refused],
+    ) -> Result<(), SpoolError> {
         if let Some(free) = self.free_bytes().filter(|free| *free < self.min_free_bytes) {
             return Err(SpoolError::LowDisk { path: self.path.clone(), free, min: self.min_free_bytes });
         }
@@ -194,31 +231,61 @@ impl Spool {
                     let body = serde_json::to_string(location).expect("locations serialize");
                     insert.execute(params![device, location.timestamp as i64, body, body.len() as i64, now])?;
                 }
+                // Through the queue, so that dead letters keep the queue's never-reused ids.
+                let mut dead = tx.prepare_cached(
+                    "INSERT INTO dead_letter (id, device, ts, body, reason, detail, failed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for r in refused {
+                    let body = serde_json::to_string(&r.location).expect("locations serialize");
+                    let ts = i64::try_from(r.location.timestamp).unwrap_or(i64::MAX);
+                    insert.execute(params![r.device, ts, body, body.len() as i64, now])?;
+                    let id = tx.last_insert_rowid();
+                    tx.execute("DELETE FROM queue WHERE id = ?1", [id])?;
+                    dead.execute(params![id, r.device, ts, body, r.reason, r.detail, now])?;
+                }
             }
             tx.commit()
         })
     }
 
     /// What a device worker posts next, in one call: how many positions wait, and the batch.
-    /// With more waiting than `max` and `latest_first`, the batch is the latest position
-    /// alone (the twin is current at once); otherwise the oldest `max`.
-    pub fn next_batch(&self, device: &str, max: usize, latest_first: bool) -> Result<(u64, Vec<Row>), SpoolError> {
+    ///
+    /// When the device's newest position is newer than anything posted (`posted_up_to`) and
+    /// either a backlog waits (more than `max`) or `history` is held back, the batch is that
+    /// newest position alone: the twin is current at once, and stays live during a replay.
+    /// Otherwise, with `history`, the oldest `max` in time order; without, nothing.
+    ///
+    /// A stored row that cannot be read is moved to the dead letters (reason `undecodable`),
+    /// so that one bad row never blocks its device; [`NextBatch::quarantined`] counts them.
+    pub fn next_batch(&self, device: &str, want: BatchRequest) -> Result<NextBatch, SpoolError> {
         let (pending, raw) = self.with(|conn| {
             let pending = count_queued(conn, device)?;
-            let (sql, n) = if latest_first && pending > max as u64 { (LATEST, 1) } else { (OLDEST, max) };
-            Ok((pending, if pending == 0 { Vec::new() } else { select_rows(conn, sql, device, n)? }))
+            if pending == 0 {
+                return Ok((0, Vec::new()));
+            }
+            let newest = select_rows(conn, LATEST, device, 1)?;
+            let newer = newest.first().is_some_and(|r| want.posted_up_to.is_none_or(|t| r.ts > t));
+            let raw = if newer && (pending > want.max as u64 || !want.history) {
+                newest
+            } else if want.history {
+                select_rows(conn, OLDEST, device, want.max)?
+            } else {
+                Vec::new()
+            };
+            Ok((pending, raw))
         })?;
-        Ok((pending, self.decode(raw)?))
-    }
-
-    fn decode(&self, raw: Vec<(i64, String)>) -> Result<Vec<Row>, SpoolError> {
-        raw.into_iter()
-            .map(|(id, body)| {
-                let location = serde_json::from_str(&body)
-                    .map_err(|source| SpoolError::Corrupt { path: self.path.clone(), source })?;
-                Ok(Row { id, location })
-            })
-            .collect()
+        let mut rows = Vec::with_capacity(raw.len());
+        let mut bad = Vec::new();
+        for r in raw {
+            match serde_json::from_str(&r.body) {
+                Ok(location) => rows.push(Row { id: r.id, location }),
+                Err(e) => bad.push((r.id, e.to_string())),
+            }
+        }
+        for (id, why) in &bad {
+            self.dead_letter(&[*id], "undecodable", &format!("a stored position could not be read: {why}"))?;
+        }
+        Ok(NextBatch { pending: pending - bad.len() as u64, rows, quarantined: bad.len() as u64 })
     }
 
     /// Forgets delivered positions.
@@ -387,8 +454,15 @@ impl Spool {
     }
 }
 
-const OLDEST: &str = "SELECT id, body FROM queue WHERE device = ?1 ORDER BY ts, id LIMIT ?2";
-const LATEST: &str = "SELECT id, body FROM queue WHERE device = ?1 ORDER BY ts DESC, id DESC LIMIT ?2";
+const OLDEST: &str = "SELECT id, ts, body FROM queue WHERE device = ?1 ORDER BY ts, id LIMIT ?2";
+const LATEST: &str = "SELECT id, ts, body FROM queue WHERE device = ?1 ORDER BY ts DESC, id DESC LIMIT ?2";
+
+/// A queued row as stored.
+struct RawRow {
+    id: i64,
+    ts: u64,
+    body: String,
+}
 
 fn delete_ids(conn: &mut Connection, ids: &[i64]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
@@ -407,8 +481,12 @@ fn count_queued(conn: &Connection, device: &str) -> rusqlite::Result<u64> {
         .map(|n| n as u64)
 }
 
-fn select_rows(conn: &Connection, sql: &str, device: &str, max: usize) -> rusqlite::Result<Vec<(i64, String)>> {
-    conn.prepare_cached(sql)?.query_map(params![device, max as i64], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+fn select_rows(conn: &Connection, sql: &str, device: &str, max: usize) -> rusqlite::Result<Vec<RawRow>> {
+    conn.prepare_cached(sql)?
+        .query_map(params![device, max as i64], |r| {
+            Ok(RawRow { id: r.get(0)?, ts: r.get::<_, i64>(1)? as u64, body: r.get(2)? })
+        })?
+        .collect()
 }
 
 /// Copies the write-ahead log into the database file and truncates the log.
@@ -429,12 +507,12 @@ mod tests {
 
         /// Up to `max` of `device`'s oldest positions, in time order.
         fn oldest(&self, device: &str, max: usize) -> Result<Vec<Row>, SpoolError> {
-            self.decode(self.with(|conn| select_rows(conn, OLDEST, device, max))?)
+            Ok(self.next_batch(device, BatchRequest { max, posted_up_to: Some(u64::MAX), history: true })?.rows)
         }
 
         /// `device`'s most recent position.
         fn latest(&self, device: &str) -> Result<Option<Row>, SpoolError> {
-            Ok(self.decode(self.with(|conn| select_rows(conn, LATEST, device, 1))?)?.pop())
+            Ok(self.next_batch(device, BatchRequest { max: 1, posted_up_to: None, history: false })?.rows.pop())
         }
     }
 
@@ -471,19 +549,60 @@ mod tests {
         assert_eq!(s.pending("b").unwrap(), 1);
     }
 
+    fn stamps(batch: &NextBatch) -> Vec<u64> {
+        batch.rows.iter().map(|r| r.location.timestamp).collect()
+    }
+
     #[test]
-    fn next_batch_puts_the_latest_ahead_of_a_backlog_only() {
+    fn next_batch_puts_the_newest_ahead_of_a_backlog_only() {
         let (_dir, s) = spool();
         s.append(&(1..=5).map(|t| ("a".to_string(), location(t))).collect::<Vec<_>>()).unwrap();
-        let stamps = |rows: Vec<Row>| rows.iter().map(|r| r.location.timestamp).collect::<Vec<_>>();
-        let (pending, rows) = s.next_batch("a", 2, true).unwrap();
-        assert_eq!((pending, stamps(rows)), (5, vec![5]));
-        let (_, rows) = s.next_batch("a", 2, false).unwrap();
-        assert_eq!(stamps(rows), vec![1, 2]);
-        // No backlog: time order even when the latest may go first.
-        let (_, rows) = s.next_batch("a", 10, true).unwrap();
-        assert_eq!(stamps(rows), vec![1, 2, 3, 4, 5]);
-        assert_eq!(s.next_batch("b", 2, true).unwrap(), (0, vec![]));
+        let want = |posted_up_to, max| BatchRequest { max, posted_up_to, history: true };
+        let batch = s.next_batch("a", want(None, 2)).unwrap();
+        assert_eq!((batch.pending, stamps(&batch)), (5, vec![5]));
+        // Once the newest went out, the backlog in time order.
+        assert_eq!(stamps(&s.next_batch("a", want(Some(5), 2)).unwrap()), vec![1, 2]);
+        // A newer position arriving during the replay jumps the queue again.
+        assert_eq!(stamps(&s.next_batch("a", want(Some(4), 2)).unwrap()), vec![5]);
+        // No backlog: time order, newest included.
+        assert_eq!(stamps(&s.next_batch("a", want(None, 10)).unwrap()), vec![1, 2, 3, 4, 5]);
+        assert_eq!(s.next_batch("b", want(None, 2)).unwrap(), NextBatch::default());
+    }
+
+    #[test]
+    fn while_history_is_held_only_newer_positions_go() {
+        let (_dir, s) = spool();
+        s.append(&(1..=3).map(|t| ("a".to_string(), location(t))).collect::<Vec<_>>()).unwrap();
+        let held = |posted_up_to| BatchRequest { max: 10, posted_up_to, history: false };
+        assert_eq!(stamps(&s.next_batch("a", held(None)).unwrap()), vec![3]);
+        let nothing_newer = s.next_batch("a", held(Some(3))).unwrap();
+        assert_eq!((nothing_newer.pending, stamps(&nothing_newer)), (3, vec![]));
+    }
+
+    #[test]
+    fn an_unreadable_row_is_quarantined_not_blocking() {
+        let (_dir, s) = spool();
+        s.append(&[("a".into(), location(1)), ("a".into(), location(2))]).unwrap();
+        s.with(|c| c.execute("UPDATE queue SET body = '{not json' WHERE ts = 1", [])).unwrap();
+        let batch = s.next_batch("a", BatchRequest { max: 10, posted_up_to: Some(9), history: true }).unwrap();
+        assert_eq!((batch.quarantined, batch.pending, stamps(&batch)), (1, 1, vec![2]));
+        let dead = s.dead(Some("a"), 10).unwrap();
+        assert_eq!((dead.len(), dead[0].reason.as_str()), (1, "undecodable"));
+    }
+
+    #[test]
+    fn refused_positions_go_straight_to_the_dead_letters() {
+        let (_dir, s) = spool();
+        let refused = Refused {
+            device: "a".into(),
+            location: location(u64::MAX),
+            reason: "out-of-range",
+            detail: "Timestamp".into(),
+        };
+        s.append_with_refused(&[("a".into(), location(1))], &[refused]).unwrap();
+        assert_eq!(s.pending("a").unwrap(), 1);
+        let dead = s.dead(Some("a"), 10).unwrap();
+        assert_eq!((dead.len(), dead[0].reason.as_str()), (1, "out-of-range"));
     }
 
     #[test]

@@ -4,7 +4,12 @@
 use crate::config::{Secret, TwinzoConfig};
 use crate::model::TwinzoLocation;
 use serde::Deserialize;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+/// A response body larger than this is not read (Twinzo's answers are a few KB).
+const MAX_BODY_BYTES: usize = 1 << 20;
+/// What an error body may show in logs and dead letters, after redaction.
+const SNIPPET_BYTES: usize = 200;
 
 /// One device's session.
 #[derive(Debug, Clone)]
@@ -18,12 +23,17 @@ pub struct Token {
     pub created_ms: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("Twinzo refused the credentials or token (401)")]
     Unauthorized,
     #[error("Twinzo answered {status}: {body}")]
-    Status { status: u16, body: String },
+    Status {
+        status: u16,
+        body: String,
+        /// What `Retry-After` asked for, if anything.
+        retry_after: Option<Duration>,
+    },
     #[error("request timed out")]
     Timeout,
     #[error("cannot connect: {0}")]
@@ -40,6 +50,9 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => "http-401",
             ApiError::Status { status, .. } if *status >= 500 => "http-5xx",
+            ApiError::Status { status: 408, .. } => "http-408",
+            ApiError::Status { status: 413, .. } => "http-413",
+            ApiError::Status { status: 429, .. } => "http-429",
             ApiError::Status { .. } => "http-4xx",
             ApiError::Timeout => "timeout",
             ApiError::Connect(_) => "connect",
@@ -159,29 +172,53 @@ impl TwinzoApi {
         response: Result<reqwest::Response, reqwest::Error>,
         secrets: &[&str],
     ) -> Result<T, ApiError> {
-        let response = response.map_err(transport_error)?;
+        let mut response = response.map_err(transport_error)?;
         let status = response.status();
-        let body = response.bytes().await.map_err(transport_error)?;
+        let retry_after = response.headers().get(reqwest::header::RETRY_AFTER).and_then(retry_after);
+        let body = read_limited(&mut response).await?;
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err(ApiError::Unauthorized);
         }
         if !status.is_success() {
-            let text = String::from_utf8_lossy(&body);
-            return Err(ApiError::Status { status: status.as_u16(), body: self.scrub(&text, secrets) });
+            let body = self.scrub(&String::from_utf8_lossy(&body), secrets);
+            return Err(ApiError::Status { status: status.as_u16(), body, retry_after });
         }
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::BadResponse(format!("{e} in {}", self.scrub(&String::from_utf8_lossy(&body), secrets)))
         })
     }
 
-    /// A response snippet safe to log: short, and without anything we sent as a secret.
+    /// A response snippet safe to log: without anything we sent as a secret (replaced before
+    /// cutting, so that no part of one survives the cut), and short.
     fn scrub(&self, text: &str, secrets: &[&str]) -> String {
-        let mut text = crate::plugin::sanitize(text, 200);
+        let mut text = text.to_string();
         for secret in secrets.iter().chain([&self.api_key.expose()]).filter(|s| s.len() >= 4) {
             text = text.replace(secret, "<redacted>");
         }
-        text
+        crate::plugin::sanitize(&text, SNIPPET_BYTES)
     }
+}
+
+/// The body, up to [`MAX_BODY_BYTES`]: a larger one is an error, never read whole.
+async fn read_limited(response: &mut reqwest::Response) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ApiError::BadResponse(format!("a response body over {MAX_BODY_BYTES} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// `Retry-After` as seconds or as an HTTP date.
+fn retry_after(value: &reqwest::header::HeaderValue) -> Option<Duration> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    Some(at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
 }
 
 fn transport_error(e: reqwest::Error) -> ApiError {
@@ -201,4 +238,36 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        assert_eq!(retry_after(&HeaderValue::from_static("7")), Some(Duration::from_secs(7)));
+        let soon = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        let wait = retry_after(&HeaderValue::from_str(&soon).unwrap()).unwrap();
+        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
+        assert_eq!(retry_after(&HeaderValue::from_static("soon")), None);
+    }
+
+    #[test]
+    fn a_secret_cut_by_truncation_is_still_redacted() {
+        let config = TwinzoConfig {
+            base_url: "http://127.0.0.1:9/v3".into(),
+            client: "t".into(),
+            api_key: Secret::new("key-0123456789"),
+            branch: "b".into(),
+            timeout_ms: 1000,
+        };
+        let api = TwinzoApi::new(&config).unwrap();
+        let token = "tok-ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        // The token straddles the truncation point.
+        let body = format!("{}{token}", "x".repeat(SNIPPET_BYTES - 10));
+        let scrubbed = api.scrub(&body, &[token]);
+        assert!(!scrubbed.contains("tok-ABCDEFGH"), "{scrubbed}");
+    }
 }

@@ -50,10 +50,10 @@ impl TwinzoDevice {
                 Ok(response) => return read_response(response, batch.len()),
                 // A revoked or expired token: sign in again once, right away.
                 Err(ApiError::Unauthorized) if attempt == 0 => self.token = None,
-                Err(e) => return PostResult::Retry { reason: e.reason(), detail: e.to_string() },
+                Err(e) => return classify(e),
             }
         }
-        PostResult::Retry { reason: "http-401", detail: "a fresh token was refused too".into() }
+        PostResult::Retry { reason: "http-401", detail: "a fresh token was refused too".into(), after: None }
     }
 
     /// A valid token, signing in when there is none or it is about to expire.
@@ -67,7 +67,7 @@ impl TwinzoDevice {
         }
         if let Some(wait) = self.auth_not_before.filter(|t| *t > Instant::now()) {
             let detail = format!("authentication backed off for {:.0?} more", wait - Instant::now());
-            return Err(PostResult::Retry { reason: "auth", detail });
+            return Err(PostResult::Retry { reason: "auth", detail, after: None });
         }
         match self.api.authenticate(&self.login, &self.password).await {
             Ok(token) if token.branch != self.branch => Err(PostResult::Rejected {
@@ -86,9 +86,32 @@ impl TwinzoDevice {
             Err(e) => {
                 metrics::counter!("edge_twinzo_auth_failures_total", "plant" => self.plant.clone(), "device" => self.robot.clone()).increment(1);
                 self.auth_not_before = Some(Instant::now() + self.auth_backoff.next_delay());
-                Err(PostResult::Retry { reason: "auth", detail: format!("signing in as {}: {e}", self.login) })
+                Err(PostResult::Retry {
+                    reason: "auth",
+                    detail: format!("signing in as {}: {e}", self.login),
+                    after: None,
+                })
             }
         }
+    }
+}
+
+/// What an error answer means for the batch: refused for its content (split it to find the
+/// locations Twinzo will not take), or not delivered now (retry, when Twinzo says so).
+fn classify(e: ApiError) -> PostResult {
+    let (reason, detail) = (e.reason(), e.to_string());
+    match e {
+        ApiError::Status { status: 413, .. } => PostResult::Refused { reason: "http-413", detail },
+        // Unknown route (an empty 404) or method: the base URL is wrong, not the locations.
+        ApiError::Status { status: 404 | 405, ref body, .. } if body.trim().is_empty() => {
+            PostResult::Retry { reason, detail, after: None }
+        }
+        ApiError::Status { status: 408 | 429, retry_after, .. } => {
+            PostResult::Retry { reason, detail, after: retry_after }
+        }
+        ApiError::Status { status: 400..500, .. } => PostResult::Refused { reason, detail },
+        ApiError::Status { retry_after, .. } => PostResult::Retry { reason, detail, after: retry_after },
+        _ => PostResult::Retry { reason, detail, after: None },
     }
 }
 
@@ -98,10 +121,14 @@ fn read_response(response: super::api::PostResponse, sent: usize) -> PostResult 
         return PostResult::Rejected { reason: "success-false", detail: why };
     }
     if response.locations.len() != sent {
-        // Twinzo answers one entry per location; anything else we cannot attribute.
-        return PostResult::Retry {
-            reason: "bad-response",
-            detail: format!("{} location results for {sent} locations", response.locations.len()),
+        // Twinzo answers one entry per location. Which ones it stored cannot be told: posting
+        // the batch again could store them twice, so it goes to the dead letters instead.
+        return PostResult::Rejected {
+            reason: "count-mismatch",
+            detail: format!(
+                "Twinzo answered Success with {} location results for {sent} locations; they are kept as dead letters rather than posted twice (`edge spool retry` sends them again)",
+                response.locations.len()
+            ),
         };
     }
     let rejected: Vec<usize> =
