@@ -1,9 +1,9 @@
-//! Fault injection with exact accounting. Each scenario streams positions from 3 robots through
-//! a real mosquitto and `edge run` into the Twinzo stand-in, breaks something on the way, and
-//! then checks that every position the broker accepted either reached the stand-in or sits in
-//! the spool or its dead letters: lost must be 0. Duplicates (allowed by at-least-once) are
-//! counted. Each scenario writes its row to target/reliability/, from which
-//! `scripts/reliability-report` renders docs/reliability.md.
+//! Fault injection with exact accounting. Each scenario streams positions from robots (3 unless
+//! it says otherwise) through a real mosquitto and `edge run` with the shipped defaults into
+//! the Twinzo stand-in, breaks something on the way, and then checks that every position the
+//! broker accepted either reached the stand-in or sits in the spool or its dead letters: lost
+//! must be 0. Duplicates (allowed by at-least-once) are counted. Each scenario writes its row
+//! to target/reliability/, from which `scripts/reliability-report` renders docs/reliability.md.
 
 mod support;
 
@@ -19,12 +19,25 @@ use support::proxy::Proxy;
 use support::tmpfs::Tmpfs;
 use support::twinzo::{API_KEY, BRANCH_1, Device, Faults, TwinzoStandIn};
 
-const ROBOTS: [&str; 3] = ["amr-1", "amr-2", "amr-3"];
 const T0: u64 = 1_730_000_000_000;
+
+/// The vendor timestamp of a robot's `i`-th position: 10 Hz, as the fleets publish.
+fn stamp(i: u64) -> u64 {
+    T0 + i * 100
+}
 const SETTLE: Duration = Duration::from_secs(90);
+/// SIGTERM must end edge within this, whatever it holds (the budget is 10 s; the rest is slack
+/// for a busy machine).
+const STOP_WITHIN: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Default)]
 struct Options {
+    /// Robots streaming (default 3).
+    robots: Option<usize>,
+    /// A second source runs the hostile plugin on `hostile/#`.
+    hostile_source: bool,
+    /// A second plant `q` (robot `q-1`, source on `site-q/#`) whose spool cannot be opened.
+    broken_plant: bool,
     /// Twinzo request timeout.
     timeout_ms: Option<u64>,
     hard_cap_mb: Option<u64>,
@@ -38,6 +51,8 @@ struct Options {
 
 struct Harness {
     name: &'static str,
+    robots: Vec<String>,
+    http_port: u16,
     broker: Mosquitto,
     proxy: Option<Proxy>,
     twinzo: TwinzoStandIn,
@@ -64,10 +79,10 @@ impl Harness {
             "persistence true\npersistence_location {}/\nmax_queued_messages 0\n",
             db.display()
         ));
-        let devices: Vec<Device> = ROBOTS
-            .iter()
-            .map(|r| Device { login: r.to_string(), password: format!("pw-{r}"), branch: BRANCH_1.into() })
-            .collect();
+        let robots: Vec<String> = (1..=options.robots.unwrap_or(3)).map(|i| format!("amr-{i}")).collect();
+        let logins = robots.iter().cloned().chain(options.broken_plant.then(|| "q-1".to_string()));
+        let devices: Vec<Device> =
+            logins.map(|r| Device { password: format!("pw-{r}"), login: r, branch: BRANCH_1.into() }).collect();
         let twinzo = TwinzoStandIn::start(&devices);
         if let Some(lifetime) = options.token_lifetime {
             twinzo.set_token_lifetime(lifetime);
@@ -78,7 +93,34 @@ impl Harness {
         std::fs::copy(support::plugin("hitech"), &plugin).unwrap();
         let port = proxy.as_ref().map_or(broker.port, |p| p.port);
         let devices: String =
-            ROBOTS.iter().map(|r| format!("      {r}: {{ password: pw-{r}, sector: 1 }}\n")).collect();
+            robots.iter().map(|r| format!("      {r}: {{ password: pw-{r}, sector: 1 }}\n")).collect();
+        let twinzo_line = format!(
+            r#"twinzo: {{ base_url: "{url}", client: TVSMotor, api_key: {API_KEY}, branch: {BRANCH_1}, timeout_ms: {timeout} }}"#,
+            url = twinzo.base_url(),
+            timeout = options.timeout_ms.unwrap_or(5000),
+        );
+        let mut extra_sources = String::new();
+        let mut extra_plants = String::new();
+        if options.hostile_source {
+            let hostile = dir.path().join("hostile.wasm");
+            std::fs::copy(support::plugin("hostile"), &hostile).unwrap();
+            extra_sources += &format!(
+                "  - name: hostile\n    mqtt: {{ host: 127.0.0.1, port: {port} }}\n    plugin: {{ path: {} }}\n    plant: p\n    transform: {{ affine: [1000, 0, 0, 1000, 0, 0] }}\n",
+                hostile.display()
+            );
+        }
+        if options.broken_plant {
+            extra_sources += &format!(
+                "  - name: q-src\n    mqtt: {{ host: 127.0.0.1, port: {port}, topics: [\"site-q/#\"] }}\n    plugin: {{ path: {} }}\n    plant: q\n    transform: {{ affine: [1000, 0, 0, 1000, 0, 0] }}\n",
+                plugin.display()
+            );
+            extra_plants =
+                format!("  - name: q\n    {twinzo_line}\n    devices:\n      q-1: {{ password: pw-q-1, sector: 1 }}\n");
+            // A folder where the spool file should be: SQLite cannot open it.
+            std::fs::create_dir_all(edge::spool::path_for(&dir.path().join("state"), "q")).unwrap();
+        }
+        let http_port = free_port();
+        // The shipped defaults for the MQTT session (persistent, stable client id) and batching.
         let yaml = format!(
             r#"state_dir: {state}
 http: {{ listen: "127.0.0.1:{http}" }}
@@ -86,30 +128,29 @@ summary_interval_s: 2
 spool: {{ replay_per_second: 400{cap} }}
 sources:
   - name: amr
-    mqtt: {{ host: 127.0.0.1, port: {port}, client_id: edge-faults, clean_start: false }}
+    mqtt: {{ host: 127.0.0.1, port: {port}, topics: ["hitech/amr/#"] }}
     plugin: {{ path: {plugin} }}
     plant: p
     transform: {{ affine: [1000, 0, 0, 1000, 0, 0] }}
-plants:
+{extra_sources}plants:
   - name: p
-    twinzo: {{ base_url: "{url}", client: TVSMotor, api_key: {API_KEY}, branch: {BRANCH_1}, timeout_ms: {timeout} }}
-    batching: {{ flush_interval_ms: 100, max_batch: 10 }}
+    {twinzo_line}
     devices:
-{devices}"#,
+{devices}{extra_plants}"#,
             state = dir.path().join("state").display(),
-            http = free_port(),
+            http = http_port,
             cap = [("hard_cap_mb", options.hard_cap_mb), ("min_free_mb", options.min_free_mb)]
                 .iter()
                 .filter_map(|(key, value)| value.map(|v| format!(", {key}: {v}")))
                 .collect::<String>(),
             plugin = plugin.display(),
-            url = twinzo.base_url(),
-            timeout = options.timeout_ms.unwrap_or(5000),
         );
         let config = dir.path().join("edge.yaml");
         support::write_private(&config, yaml);
         let mut harness = Harness {
             name,
+            robots,
+            http_port,
             broker,
             proxy,
             twinzo,
@@ -133,27 +174,53 @@ plants:
         self.edge = Some(edge);
     }
 
+    fn http_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
+    }
+
     fn edge(&self) -> &EdgeProcess {
         self.edge.as_ref().unwrap()
     }
 
     /// Publishes `per_robot` positions per robot at `rate_hz` each, in the background.
     fn stream(&self, per_robot: u64, rate_hz: f64, from: u64) -> std::thread::JoinHandle<()> {
-        let (port, sent) = (self.broker.port, self.sent.clone());
-        let client_id = format!("faults-publisher-{from}");
+        self.stream_to(self.robots.clone(), "hitech/amr", per_robot, rate_hz, from)
+    }
+
+    fn stream_to(
+        &self,
+        robots: Vec<String>,
+        prefix: &str,
+        per_robot: u64,
+        rate_hz: f64,
+        from: u64,
+    ) -> std::thread::JoinHandle<()> {
+        let (port, sent, prefix) = (self.broker.port, self.sent.clone(), prefix.to_string());
+        let client_id = format!("faults-publisher-{prefix}-{from}");
         std::thread::spawn(move || {
             let mut publisher = Publisher::connect(port, &client_id);
             let gap = Duration::from_secs_f64(1.0 / rate_hz);
             for i in from..from + per_robot {
-                for robot in ROBOTS {
-                    let payload = json!({"device_id": robot, "timestamp": T0 + i, "position": {"x": 1000 + i, "y": 500}, "battery": 70});
-                    publisher.publish(&format!("hitech/amr/{robot}/position"), payload.to_string());
-                    sent.lock().unwrap().insert((robot.to_string(), T0 + i));
+                for robot in &robots {
+                    let payload = json!({"device_id": robot, "timestamp": stamp(i), "position": {"x": 1000 + i, "y": 500}, "battery": 70});
+                    publisher.publish(&format!("{prefix}/{robot}/position"), payload.to_string());
+                    sent.lock().unwrap().insert((robot.to_string(), stamp(i)));
                 }
                 std::thread::sleep(gap);
             }
-            publisher.flush(Duration::from_secs(60));
+            publisher.flush(Duration::from_secs(120));
         })
+    }
+
+    /// SIGTERM, as an operator or systemd would: edge must be gone within [`STOP_WITHIN`].
+    fn stop_edge(&mut self) -> Duration {
+        let started = Instant::now();
+        let status = self.edge.as_mut().unwrap().stop();
+        let took = started.elapsed();
+        assert!(status.success(), "{}: edge exited with {status}", self.name);
+        assert!(took < STOP_WITHIN, "{}: edge took {took:?} to stop", self.name);
+        self.edge = None;
+        took
     }
 
     fn delivered(&self) -> BTreeMap<(String, u64), usize> {
@@ -191,7 +258,11 @@ plants:
 
     /// Waits until everything sent was delivered or dead-lettered.
     fn settle(&self) {
-        let deadline = Instant::now() + SETTLE;
+        self.settle_within(SETTLE);
+    }
+
+    fn settle_within(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         loop {
             let sent = self.sent.lock().unwrap().clone();
             let delivered = self.delivered();
@@ -215,9 +286,9 @@ plants:
     /// Stops edge and does the accounting; writes the report row.
     fn finish(mut self, fault: &str, duration: &str) -> Report {
         self.settle();
-        let status = self.edge.as_mut().unwrap().stop();
-        assert!(status.success(), "{}: edge exited with {status}", self.name);
-        let log = self.edge().log_text();
+        let log_path = self.edge().log.clone();
+        self.stop_edge();
+        let log = std::fs::read_to_string(log_path).unwrap_or_default();
         assert!(!log.contains(API_KEY) && !log.contains("pw-amr"), "{}: a secret leaked into the log", self.name);
         let sent = self.sent.lock().unwrap().clone();
         let delivered = self.delivered();
@@ -277,7 +348,7 @@ fn pause(ms: u64) {
 
 /// The first positions after an outage: each robot's latest goes first, the backlog follows.
 fn assert_latest_first(h: &Harness, outage_end: usize) {
-    for robot in ROBOTS {
+    for robot in &h.robots {
         let stamps: Vec<u64> = h.twinzo.locations(robot)[outage_end.min(h.twinzo.locations(robot).len())..]
             .iter()
             .map(|l| l["Timestamp"].as_u64().unwrap())
@@ -294,7 +365,7 @@ fn twinzo_down() {
     let h = Harness::new("twinzo-down", Options::default());
     let traffic = h.stream(60, 10.0, 0);
     pause(1500);
-    let before: usize = ROBOTS.iter().map(|r| h.twinzo.locations(r).len()).min().unwrap();
+    let before: usize = h.robots.iter().map(|r| h.twinzo.locations(r).len()).min().unwrap();
     h.twinzo.go_down();
     pause(4000);
     h.twinzo.come_back();
@@ -555,4 +626,184 @@ impl Report {
     fn print(&self) {
         println!("{self:?}");
     }
+}
+
+/// An upgrade or a reboot: SIGTERM under load with the shipped session settings, down for a
+/// while, started again. What the broker received meanwhile is in its session for edge.
+#[test]
+fn sigterm_restart_with_defaults() {
+    let mut h = Harness::new("sigterm-restart", Options::default());
+    let traffic = h.stream(200, 20.0, 0);
+    let mut slowest = Duration::ZERO;
+    for down_ms in [2000, 500] {
+        pause(2500);
+        slowest = slowest.max(h.stop_edge());
+        pause(down_ms);
+        h.start_edge();
+    }
+    traffic.join().unwrap();
+    println!("slowest stop under load: {slowest:?}");
+    h.finish("SIGTERM under load, restarted with the default session settings; twice", "0.5–2 s down").print();
+}
+
+/// A broker that kept 100,000 messages for edge while it was away: all of them arrive, and each
+/// robot's newest position goes out before its history (which is replayed after).
+#[test]
+fn broker_backlog_of_100k() {
+    const PER_ROBOT: u64 = 2000;
+    let mut h = Harness::new("broker-backlog", Options { robots: Some(50), ..Options::default() });
+    h.stop_edge();
+    let started = Instant::now();
+    h.stream(PER_ROBOT, 1e6, 0).join().unwrap();
+    println!("broker accepted {} messages in {:?}", h.sent.lock().unwrap().len(), started.elapsed());
+    let drain = Instant::now();
+    h.start_edge();
+    h.settle_within(Duration::from_secs(300));
+    println!("delivered after {:?}", drain.elapsed());
+    for line in h.edge().log_text().lines().filter(|l| l.contains("backlog")) {
+        println!("{line}");
+    }
+    let newest = stamp(PER_ROBOT - 1);
+    let mut worst = 0;
+    for robot in &h.robots {
+        let stamps: Vec<u64> = h.twinzo.locations(robot).iter().map(|l| l["Timestamp"].as_u64().unwrap()).collect();
+        let at = stamps.iter().position(|t| *t == newest).unwrap();
+        // Before the newest, only ever-newer positions (the twin following the backlog in),
+        // never the history in time order.
+        assert!(
+            stamps[..=at].windows(2).all(|w| w[0] < w[1]),
+            "{robot}: history before the newest: {:?}",
+            &stamps[..=at]
+        );
+        worst = worst.max(at);
+    }
+    println!("the newest position of each robot was at most its arrival #{}", worst + 1);
+    assert!(worst < PER_ROBOT as usize / 10, "the newest positions came late: arrival #{}", worst + 1);
+    h.finish("100,000 messages queued at the broker for 50 robots while edge was down", "until drained").print();
+}
+
+/// Twinzo refuses one location with 400: it is found by splitting its batch and dead-lettered
+/// with Twinzo's reason; the rest of every batch arrives.
+#[test]
+fn twinzo_refuses_one_location() {
+    let h = Harness::new("twinzo-400-location", Options::default());
+    h.twinzo.set_faults(Faults { poison_x: Some(1017.0), ..Faults::default() });
+    let traffic = h.stream(60, 10.0, 0);
+    traffic.join().unwrap();
+    h.settle();
+    let (_, dead) = h.spooled();
+    let poisoned: BTreeSet<u64> = dead.keys().map(|(_, ts)| *ts).collect();
+    assert_eq!(poisoned, BTreeSet::from([stamp(17)]), "{dead:?}");
+    assert!(dead.values().all(|r| r == "http-4xx"), "{dead:?}");
+    let report = h.finish("400 naming one location in a batch", "every post");
+    assert_eq!(report.dead_lettered, 3);
+    report.print();
+}
+
+/// Batches too large for Twinzo (413) are split until they fit; nothing is dead-lettered.
+#[test]
+fn twinzo_payload_too_large() {
+    let h = Harness::new("twinzo-413", Options::default());
+    h.twinzo.set_faults(Faults { max_batch: Some(3), ..Faults::default() });
+    // A backlog, so that batches are large.
+    h.twinzo.go_down();
+    let traffic = h.stream(60, 20.0, 0);
+    pause(2000);
+    h.twinzo.come_back();
+    traffic.join().unwrap();
+    let report = h.finish("413 for batches over 3 locations", "every post");
+    assert_eq!(report.dead_lettered, 0);
+    report.print();
+}
+
+/// 429 with `Retry-After: 1`: edge waits as told and loses nothing.
+#[test]
+fn twinzo_too_many_requests() {
+    let h = Harness::new("twinzo-429", Options::default());
+    let traffic = h.stream(60, 10.0, 0);
+    pause(1500);
+    h.twinzo.set_faults(Faults { too_many_requests: 10, ..Faults::default() });
+    traffic.join().unwrap();
+    let report = h.finish("10 posts answered 429 with Retry-After: 1", "burst");
+    assert_eq!(report.dead_lettered, 0);
+    report.print();
+}
+
+/// `Success: true` with fewer location results than locations: which were stored cannot be
+/// told, so the batch is dead-lettered (`count-mismatch`) rather than posted again and again.
+#[test]
+fn twinzo_answers_a_wrong_count() {
+    let h = Harness::new("twinzo-count-mismatch", Options::default());
+    let traffic = h.stream(60, 10.0, 0);
+    pause(1500);
+    h.twinzo.set_faults(Faults { short_results: 3, ..Faults::default() });
+    traffic.join().unwrap();
+    h.settle();
+    let (_, dead) = h.spooled();
+    assert!(!dead.is_empty() && dead.values().all(|r| r == "count-mismatch"), "{dead:?}");
+    let posts = h.twinzo.with_recorded(|r| r.posts.len());
+    let report = h.finish("Success with one location result too few, 3 posts", "3 posts");
+    assert_eq!(report.duplicated, 0, "a mismatched batch was posted again ({posts} posts)");
+    report.print();
+}
+
+/// A second plant whose spool cannot be opened: it is reported and kept away from its broker
+/// (which keeps its messages), the first plant flows, and once the spool can be opened the
+/// second plant starts on its own and takes what waited.
+#[test]
+fn a_plant_whose_spool_cannot_open() {
+    let h = Harness::new("plant-spool-unopenable", Options { broken_plant: true, ..Options::default() });
+    let traffic = h.stream(60, 10.0, 0);
+    let q = h.stream_to(vec!["q-1".into()], "site-q", 30, 10.0, 0);
+    h.edge().wait_for_log("cannot start the plant", Duration::from_secs(10));
+    pause(1500);
+    let (status, body) = support::process::http_get(&h.http_addr(), "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"q\"") && body.contains("cannot be opened"), "{body}");
+    assert!(!h.twinzo.locations("amr-1").is_empty(), "the healthy plant flows meanwhile");
+    assert!(h.twinzo.locations("q-1").is_empty());
+    std::fs::remove_dir(edge::spool::path_for(&h.dir.path().join("state"), "q")).unwrap();
+    traffic.join().unwrap();
+    q.join().unwrap();
+    h.finish("a second plant's spool cannot be opened, then can", "until repaired (10 s retry)").print();
+}
+
+/// A plugin that waits in a host call (a WASI sleep) on some messages, beside a good source:
+/// each such call ends at the deadline and counts as a fault, the good source flows, and SIGTERM
+/// ends edge in bounded time.
+#[test]
+fn plugin_sleeping_in_translate() {
+    let mut h = Harness::new("plugin-sleeps-in-translate", Options { hostile_source: true, ..Options::default() });
+    let traffic = h.stream(60, 10.0, 0);
+    let mut publisher = Publisher::connect(h.broker.port, "sleeper");
+    for _ in 0..5 {
+        publisher.publish("hostile/x", "sleep:60000");
+    }
+    publisher.flush(Duration::from_secs(10));
+    support::process::eventually("the sleeping calls counted as faults", Duration::from_secs(30), || {
+        let (_, metrics) = support::process::http_get(&h.http_addr(), "/metrics");
+        metrics.lines().any(|l| l.starts_with("edge_plugin_errors_total") && l.contains("hostile") && l.ends_with(" 5"))
+    });
+    // Stopped while sleeping calls are queued: bounded all the same.
+    for _ in 0..3 {
+        publisher.publish("hostile/x", "sleep:60000");
+    }
+    publisher.flush(Duration::from_secs(10));
+    h.stop_edge();
+    h.start_edge();
+    traffic.join().unwrap();
+    h.finish("a plugin sleeping 60 s in translate beside a good one; SIGTERM meanwhile", "60 s per call").print();
+}
+
+/// A plugin file whose describe() sleeps, dropped in for a running source: the load ends at the
+/// deadline, the file is rejected, the running plugin stays and keeps delivering.
+#[test]
+fn plugin_sleeping_in_describe_on_reload() {
+    let h = Harness::new("plugin-sleeps-in-describe", Options::default());
+    let traffic = h.stream(60, 10.0, 0);
+    pause(1500);
+    replace(&h.plugin, &std::fs::read(support::plugin("sleepy")).unwrap());
+    h.edge().wait_for_log("rejected the new plugin file", Duration::from_secs(10));
+    traffic.join().unwrap();
+    h.finish("a plugin whose describe() sleeps dropped in under load", "60 s").print();
 }

@@ -19,7 +19,7 @@ impl EdgeProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_edge"))
             .arg("run")
             .arg(config)
-            .env("EDGE_LOG", "info,rumqttd=warn,edge=debug")
+            .env("EDGE_LOG", std::env::var("TEST_EDGE_LOG").unwrap_or_else(|_| "info,rumqttd=warn,edge=debug".into()))
             .env_remove("EDGE_LOG_FORMAT")
             .stdout(Stdio::null())
             .stderr(file)

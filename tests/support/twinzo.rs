@@ -38,6 +38,16 @@ pub struct Faults {
     pub delay: Option<Duration>,
     /// Answer posts with 200 and `Success: false`.
     pub success_false: bool,
+    /// Refuse with 400, naming the location, any batch holding a location at this X (mm),
+    /// as Twinzo does for a value it cannot take.
+    pub poison_x: Option<f64>,
+    /// Answer 413 to batches of more locations than this.
+    pub max_batch: Option<usize>,
+    /// Answer this many posts with 429 and `Retry-After: 1`.
+    pub too_many_requests: u32,
+    /// Answer this many posts with `Success: true` but one location result too few (the
+    /// locations are stored).
+    pub short_results: u32,
 }
 
 #[derive(Default)]
@@ -237,6 +247,10 @@ async fn localization(State(state): Shared, headers: HeaderMap, body: Bytes) -> 
         Ok(device) => device,
         Err(status) => return status.into_response(),
     };
+    if s.faults.too_many_requests > 0 {
+        s.faults.too_many_requests -= 1;
+        return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")]).into_response();
+    }
     let Value::Array(items) = body else {
         return brotli_json(
             StatusCode::BAD_REQUEST,
@@ -251,6 +265,15 @@ async fn localization(State(state): Shared, headers: HeaderMap, body: Bytes) -> 
             );
         }
     }
+    if s.faults.max_batch.is_some_and(|max| items.len() > max) {
+        return StatusCode::PAYLOAD_TOO_LARGE.into_response();
+    }
+    if let Some(i) = items.iter().position(|l| Some(l["X"].as_f64().unwrap_or(f64::NAN)) == s.faults.poison_x) {
+        return brotli_json(
+            StatusCode::BAD_REQUEST,
+            &json!({ format!("$[{i}].X"): ["The value is outside the sector."] }),
+        );
+    }
     let branch = headers.get("Branch").and_then(|v| v.to_str().ok()).unwrap_or("");
     if s.faults.success_false || branch != device.branch {
         return brotli_json(
@@ -258,8 +281,12 @@ async fn localization(State(state): Shared, headers: HeaderMap, body: Bytes) -> 
             &json!({"Login": device.login, "Success": false, "ErrorMessage": format!("Device {} does not exist.", device.login), "Locations": []}),
         );
     }
-    let results: Vec<Value> =
+    let mut results: Vec<Value> =
         items.iter().map(|l| json!({"Timestamp": l["Timestamp"], "Action": "Create", "Success": true})).collect();
+    if s.faults.short_results > 0 {
+        s.faults.short_results -= 1;
+        results.pop();
+    }
     s.recorded.locations.entry(device.login.clone()).or_default().extend(items);
     brotli_json(StatusCode::OK, &json!({"Login": device.login, "Success": true, "Locations": results}))
 }

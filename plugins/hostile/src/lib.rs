@@ -1,6 +1,7 @@
 //! A deliberately misbehaving plugin for the host's sandbox tests; never deploy it.
 //! The payload text picks the misbehaviour: loop, alloc, recurse, panic, huge:N, log:N, nan,
-//! ok, or an escape attempt (fs, env) that reports what it could reach.
+//! sleep:MS (waits in a WASI host call, out of reach of the epoch deadline), ok, or an escape
+//! attempt (fs, env) that reports what it could reach.
 
 use edge_plugin_sdk::{Level, Message, Plugin, PluginInfo, Translation, log, malformed, position};
 use std::hint::black_box;
@@ -45,6 +46,10 @@ impl Plugin for Hostile {
                 Ok(vec![position("logger", 0.0, 0.0, 0.0)])
             }
             "nan" => Ok(vec![position("nan", f64::NAN, 0.0, 0.0)]),
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(count as u64));
+                Ok(vec![position("sleeper", 0.0, 0.0, 0.0)])
+            }
             "ok" => Ok(vec![position("hostile-1", 1.0, 2.0, 0.0)]),
             "fs" => Ok(vec![reach(
                 "fs",

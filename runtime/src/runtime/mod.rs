@@ -29,7 +29,7 @@ const SOURCES_GRACE: Duration = Duration::from_secs(5);
 /// ...and the whole shutdown, plants delivering what they hold included, within this.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(9);
 /// A plant that could not start is tried again this often.
-const PLANT_RETRY: Duration = Duration::from_secs(30);
+const PLANT_RETRY: Duration = Duration::from_secs(10);
 
 /// Runs the configuration at `config_path` until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
@@ -114,8 +114,8 @@ struct Runtime {
     engine: PluginEngine,
     health: Arc<HealthBoard>,
     plants: BTreeMap<String, PlantRuntime>,
-    /// Plants that could not start (their spool cannot be opened), with why; their sources
-    /// stay disconnected, so the broker keeps their messages.
+    /// Plants that could not start (their spool cannot be opened), with why. Their sources
+    /// hold a session with the broker but take nothing, so the broker keeps their messages.
     down: BTreeMap<String, PlantDown>,
     sources: BTreeMap<String, SourceRuntime>,
     simulator: Option<tokio::sync::watch::Sender<bool>>,
@@ -207,7 +207,7 @@ impl Runtime {
             Err(down) => {
                 tracing::error!(
                     plant = %plant.name,
-                    "cannot start the plant; its sources stay disconnected (the broker keeps their messages), the other plants run on; trying again every {PLANT_RETRY:?}: {down}"
+                    "cannot start the plant; its sources take nothing (the broker keeps their messages), the other plants run on; trying again every {PLANT_RETRY:?}: {down}"
                 );
                 self.health.set_plant_down(&plant.name, &down.to_string());
                 self.down.insert(plant.name.clone(), down);
@@ -224,7 +224,10 @@ impl Runtime {
             if self.plants.contains_key(&name) {
                 tracing::info!(plant = %name, "plant started");
                 for source in config.sources.iter().filter(|s| s.plant == name) {
-                    let plugin = self.sources.get(&source.name).and_then(SourceRuntime::plugin);
+                    let Some(running) = self.sources.get_mut(&source.name) else { continue };
+                    // Reconnecting makes the broker deliver again what the source released.
+                    running.disconnect(tokio::time::Instant::now() + SOURCES_GRACE).await;
+                    let plugin = running.plugin();
                     self.apply_source(source, plugin).await;
                 }
             }
@@ -247,10 +250,14 @@ impl Runtime {
                 self.sources.entry(source.name.clone()).or_insert(started)
             }
         };
-        // A plant out of service: the source waits, disconnected, with its plugin loaded.
+        // A plant out of service: the source holds its broker session (so that the broker
+        // queues for it) and releases whatever it is sent, until the plant starts.
         let Some(plant) = self.plants.get(&source.plant) else {
             if let Some(plugin) = plugin {
                 running.hold_plugin(plugin);
+                if !running.connected() {
+                    running.connect();
+                }
             }
             return;
         };

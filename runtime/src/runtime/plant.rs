@@ -29,6 +29,11 @@ const WRITABLE_AGAIN_AFTER: Duration = Duration::from_secs(5);
 const STILL_FAILING_EVERY: Duration = Duration::from_secs(60);
 /// While a backlog is taken, its progress this often.
 const BACKLOG_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Devices whose vendor time runs this much faster than the clock (on average) are being
+/// replayed from a queue (a broker delivering what it kept), not heard live...
+const REPLAY_SPEED: f64 = 1.3;
+/// ...measured over windows this long.
+const PACE_WINDOW: Duration = Duration::from_secs(2);
 
 /// Positions of one message on their way to a plant.
 pub struct PlantInput {
@@ -111,6 +116,7 @@ impl PlantRuntime {
             sink,
             backlog,
             taking_backlog: Episode::new(BACKLOG_PROGRESS_EVERY, Backlog::LINGER),
+            pace: Pace::default(),
         };
         let task = tokio::spawn(run(state, rx));
         Ok(PlantRuntime { tx, settings, reach, task })
@@ -137,6 +143,7 @@ struct PlantState {
     sink: PlantSink,
     backlog: Arc<Backlog>,
     taking_backlog: Episode,
+    pace: Pace,
 }
 
 async fn run(mut plant: PlantState, mut rx: mpsc::Receiver<PlantMsg>) {
@@ -175,8 +182,8 @@ async fn run(mut plant: PlantState, mut rx: mpsc::Receiver<PlantMsg>) {
                 next = rx.try_recv().ok();
             }
         }
-        if taken >= GROUP_COMMIT {
-            // A full group: messages wait for the spool, the pipeline sets the pace.
+        // A full group (messages wait for the spool), or vendor time running fast.
+        if taken >= GROUP_COMMIT || plant.pace.replaying(&batch.items) {
             plant.backlog.seen();
         }
         let (positions, newest) = (batch.items.len() as u64, batch.items.iter().map(|(_, l)| l.timestamp).max());
@@ -213,12 +220,54 @@ impl PlantState {
             Some(News::Ended { count, lasted }) => tracing::info!(
                 plant,
                 taken = count,
-                seconds = lasted.as_secs(),
+                seconds = (lasted.as_secs_f64() * 10.0).round() / 10.0,
                 per_second = (count as f64 / lasted.as_secs_f64().max(0.001)).round(),
                 "backlog taken; history follows in time order"
             ),
             None => {}
         }
+    }
+}
+
+/// How fast each device's vendor time advances against the clock. Clock-skew does not
+/// matter (it is the rate that counts), and a broker delivering a backlog through a small
+/// in-flight window shows here even when edge is mostly idle between its bursts.
+struct Pace {
+    window_start: Instant,
+    /// Per device, the earliest and latest vendor time seen in this window.
+    spans: HashMap<String, (u64, u64)>,
+    replaying: bool,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace { window_start: Instant::now(), spans: HashMap::new(), replaying: false }
+    }
+}
+
+impl Pace {
+    /// Takes the positions of one commit; whether, over the last full window, the devices'
+    /// vendor time ran [`REPLAY_SPEED`] times faster than the clock, on average. (A broker
+    /// releasing a backlog through a small in-flight window, 20 messages at a time, still
+    /// advances vendor time about 1.6 times faster than live.)
+    fn replaying(&mut self, items: &[(String, TwinzoLocation)]) -> bool {
+        for (robot, location) in items {
+            let t = location.timestamp;
+            match self.spans.get_mut(robot) {
+                Some(span) => *span = (span.0.min(t), span.1.max(t)),
+                None => drop(self.spans.insert(robot.clone(), (t, t))),
+            }
+        }
+        let elapsed = self.window_start.elapsed();
+        if elapsed >= PACE_WINDOW {
+            let spans: Vec<u64> = self.spans.values().map(|(first, last)| last - first).filter(|s| *s > 0).collect();
+            let vendor_ms = spans.iter().sum::<u64>() as f64;
+            let wall_ms = elapsed.as_millis() as f64 * spans.len() as f64;
+            self.replaying = !spans.is_empty() && vendor_ms > wall_ms * REPLAY_SPEED;
+            self.spans.clear();
+            self.window_start = Instant::now();
+        }
+        self.replaying
     }
 }
 

@@ -104,7 +104,8 @@ pub(super) fn connect(config: &MqttConfig, client_id: &str) -> anyhow::Result<(C
             if let Some((user, pass)) = credentials {
                 options.set_credentials(user, pass);
             }
-            let (client, events) = rumqttc::AsyncClient::new(options, REQUEST_CAPACITY);
+            let (client, mut events) = rumqttc::AsyncClient::new(options, REQUEST_CAPACITY);
+            events.set_network_options(no_delay());
             (Client::V4(client), EventLoop::V4(Box::new(events)))
         }
         MqttProtocol::V5 => {
@@ -117,7 +118,8 @@ pub(super) fn connect(config: &MqttConfig, client_id: &str) -> anyhow::Result<(C
                 .set_manual_acks(true)
                 .set_max_packet_size(Some(config.max_packet_bytes as u32))
                 .set_receive_maximum(Some(config.receive_maximum))
-                .set_request_channel_capacity(REQUEST_CAPACITY);
+                .set_request_channel_capacity(REQUEST_CAPACITY)
+                .set_network_options(no_delay());
             if let Some((user, pass)) = credentials {
                 options.set_credentials(user, pass);
             }
@@ -125,6 +127,14 @@ pub(super) fn connect(config: &MqttConfig, client_id: &str) -> anyhow::Result<(C
             (Client::V5(client), EventLoop::V5(Box::new(events)))
         }
     })
+}
+
+/// Acknowledgements are tiny packets: sent at once, not held back by Nagle's algorithm until the
+/// broker's TCP ack (a broker with a small in-flight window waits for them to send more).
+fn no_delay() -> rumqttc::NetworkOptions {
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network
 }
 
 impl Client {
@@ -141,6 +151,16 @@ impl Client {
                     .map_err(|e| e.to_string())
             }
         }
+    }
+
+    pub(super) fn unsubscribe(&self, topics: &[String]) -> Result<(), String> {
+        for topic in topics {
+            match self {
+                Client::V4(c) => c.try_unsubscribe(topic.clone()).map_err(|e| e.to_string())?,
+                Client::V5(c) => c.try_unsubscribe(topic.clone()).map_err(|e| e.to_string())?,
+            }
+        }
+        Ok(())
     }
 
     /// Hands the acknowledgement of packet `pkid` (received at `qos`) to the event loop.

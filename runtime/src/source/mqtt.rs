@@ -50,8 +50,10 @@ pub type StopSignal = watch::Receiver<Option<Instant>>;
 
 /// A connection that lasted this long was a real session, not a flap.
 const STABLE: Duration = Duration::from_secs(10);
-/// The pipeline busy without a break for this long means the source is taking a backlog.
-const BACKLOG_AFTER: Duration = Duration::from_millis(500);
+/// The pipeline busy this much of the time means the source is taking a backlog.
+const BACKLOG_DUTY: f64 = 0.8;
+/// Over windows this long.
+const DUTY_WINDOW: Duration = Duration::from_millis(500);
 /// Messages held back when a broker sends more than the receive maximum it agreed to;
 /// beyond this the source stops reading (TCP pushes back).
 const PARK_MAX: usize = 256;
@@ -98,7 +100,7 @@ pub async fn run_source(
         done_tx,
         done_rx,
         in_pipeline: 0,
-        busy_since: None,
+        duty: Duty::default(),
         parked: VecDeque::new(),
         owed: VecDeque::new(),
         handed: 0,
@@ -149,8 +151,7 @@ struct Connection {
     /// Most messages in the pipeline at once: the receive maximum.
     window: usize,
     in_pipeline: usize,
-    /// Since when the pipeline has not been empty.
-    busy_since: Option<Instant>,
+    duty: Duty,
     parked: VecDeque<Parked>,
     /// Acknowledgements owed on this connection, not yet handed to the event loop.
     owed: VecDeque<PacketRef>,
@@ -212,7 +213,10 @@ impl Connection {
         let Some(mut events) = self.events.take() else { return };
         let delay = std::mem::take(&mut self.delay);
         self.polling = Some(Box::pin(async move {
-            tokio::time::sleep(delay).await;
+            // Not even a zero sleep otherwise: the timer wheel would make it a millisecond.
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let result = events.poll().await;
             (events, result)
         }));
@@ -226,14 +230,15 @@ impl Connection {
 
     fn forward(&mut self, permit: mpsc::OwnedPermit<Inbound>) {
         let parked = self.parked.pop_front().expect("forwarding needs a parked message");
-        let now = Instant::now();
-        let busy_since = *self.busy_since.get_or_insert(now);
+        if self.in_pipeline == 0 {
+            self.duty.busy();
+        }
         permit.send(Inbound {
             topic: parked.topic,
             payload: parked.payload,
             received_at_ms: parked.received_at_ms,
             ack: Ack::new(self.done_tx.clone(), parked.packet),
-            backlog: now - busy_since >= BACKLOG_AFTER,
+            backlog: self.duty.backlogged(),
         });
         self.in_pipeline += 1;
     }
@@ -241,7 +246,7 @@ impl Connection {
     fn completed(&mut self, done: Done) {
         self.in_pipeline = self.in_pipeline.saturating_sub(1);
         if self.in_pipeline == 0 {
-            self.busy_since = None;
+            self.duty.idle();
         }
         match done.packet {
             Some(packet) if done.acknowledge && packet.connection == self.connection => self.owed.push_back(packet),
@@ -298,10 +303,19 @@ impl Connection {
         self.handed = 0;
         self.status.connected.store(true, Ordering::Relaxed);
         (self.failures, self.connected_at) = (0, Some(Instant::now()));
-        let news = self.session.connected(self.config.clean_start, session_present).await;
+        let news = self.session.connected(self.config.clean_start, session_present, &self.topics).await;
         self.report_session(news);
-        if !session_present && let Err(e) = self.client.subscribe(&self.topics, self.config.qos) {
+        // Every time, also with a session: the configured topics may have changed since, or a
+        // subscription may have been refused. Subscribing again does not interrupt the flow.
+        if let Err(e) = self.client.subscribe(&self.topics, self.config.qos) {
             tracing::error!(source = %self.name, "cannot subscribe: {e}");
+        }
+        let stale = self.session.take_stale_topics();
+        if !stale.is_empty() {
+            tracing::info!(source = %self.name, topics = ?stale, "unsubscribing from topics no longer configured");
+            if let Err(e) = self.client.unsubscribe(&stale) {
+                tracing::warn!(source = %self.name, "cannot unsubscribe: {e}");
+            }
         }
     }
 
@@ -442,6 +456,49 @@ impl Connection {
         let result = running(&mut self.polling).await;
         self.polling = None;
         result
+    }
+}
+
+/// How much of the recent time the pipeline held messages: near all of it, edge sets the pace
+/// (the broker has more than edge takes: a backlog); little, the broker does (live traffic).
+#[derive(Debug)]
+struct Duty {
+    window_start: Instant,
+    busy: Duration,
+    busy_since: Option<Instant>,
+    /// The share of the last full window.
+    last: f64,
+}
+
+impl Default for Duty {
+    fn default() -> Self {
+        Duty { window_start: Instant::now(), busy: Duration::ZERO, busy_since: None, last: 0.0 }
+    }
+}
+
+impl Duty {
+    fn busy(&mut self) {
+        self.busy_since.get_or_insert_with(Instant::now);
+    }
+
+    fn idle(&mut self) {
+        if let Some(since) = self.busy_since.take() {
+            self.busy += since.elapsed();
+        }
+    }
+
+    fn backlogged(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now - self.window_start;
+        if elapsed >= DUTY_WINDOW {
+            let open = self.busy_since.map_or(Duration::ZERO, |since| now - since.max(self.window_start));
+            self.last = (self.busy + open).as_secs_f64() / elapsed.as_secs_f64();
+            (self.window_start, self.busy) = (now, Duration::ZERO);
+            if self.busy_since.is_some() {
+                self.busy_since = Some(now);
+            }
+        }
+        self.last >= BACKLOG_DUTY
     }
 }
 
