@@ -363,17 +363,18 @@ fn assert_latest_first(h: &Harness, outage_end: usize) {
 #[test]
 fn twinzo_down() {
     let h = Harness::new("twinzo-down", Options::default());
-    let traffic = h.stream(60, 10.0, 0);
+    let traffic = h.stream(240, 20.0, 0);
     pause(1500);
     let before: usize = h.robots.iter().map(|r| h.twinzo.locations(r).len()).min().unwrap();
     h.twinzo.go_down();
-    pause(4000);
+    // Longer than one batch (100 positions) of each robot: a backlog.
+    pause(7000);
     h.twinzo.come_back();
     traffic.join().unwrap();
     h.settle();
     assert_latest_first(&h, before);
     assert!(h.edge().log_text().contains("posting to Twinzo works again"));
-    h.finish("Twinzo down (connection refused)", "4 s").print();
+    h.finish("Twinzo down (connection refused)", "7 s").print();
 }
 
 #[test]

@@ -167,3 +167,24 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn a_plugin_that_sleeps_is_cut_off_with_a_clear_error() {
+    let (cache, dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let payload = dir.path().join("sleep.payload.json");
+    std::fs::write(&payload, "sleep:60000").unwrap();
+    let started = std::time::Instant::now();
+    let out = support::edge(cache.path())
+        .args(["plugin", "test", "plugins/dist/hostile.wasm"])
+        .arg(&payload)
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("did not return within its deadline"), "{}", text(&out));
+
+    let started = std::time::Instant::now();
+    let out = support::edge(cache.path()).args(["plugin", "inspect", "plugins/dist/sleepy.wasm"]).output().unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(!out.status.success() && text(&out).contains("describe() did not return"), "{}", text(&out));
+}

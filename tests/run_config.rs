@@ -172,3 +172,37 @@ plants:
     assert_eq!(out.status.code(), Some(1));
     assert!(text.contains("every user may write this file"), "{text}");
 }
+
+#[test]
+fn settings_that_make_restarts_lossy_are_warned_about() {
+    let source = |name: &str, mqtt: &str| {
+        format!(
+            "  - name: {name}\n    mqtt: {mqtt}\n    plugin: {{ path: x.wasm }}\n    plant: p\n    transform: {{ affine: [1, 0, 0, 1, 0, 0] }}\n"
+        )
+    };
+    let yaml = format!(
+        "sources:\n{}{}{}{}plants:\n  - name: p\n    dry_run: true\n    devices: {{ r: {{ sector: 1 }} }}\n",
+        source("defaults", "{ host: b }"),
+        source("clean", "{ host: b, clean_start: true }"),
+        source("no-expiry", "{ host: b, protocol: \"5\", session_expiry_s: 0 }"),
+        source("short", "{ host: b, protocol: \"5\", session_expiry_s: 60 }"),
+    );
+    let (out, text) = check(&yaml, &[]);
+    assert_eq!(out.status.code(), Some(0), "warnings, not errors: {text}");
+    for (i, setting) in [(1, "clean_start: true"), (2, "session_expiry_s: 0"), (3, "session_expiry_s: 60")] {
+        assert!(text.contains(&format!("warning: sources[{i}].mqtt: {setting}")), "sources[{i}]: {text}");
+    }
+    assert!(!text.contains("warning: sources[0].mqtt:"), "the defaults keep a session: {text}");
+}
+
+#[test]
+fn a_yaml_syntax_error_names_its_place_not_its_text() {
+    let yaml =
+        format!("plants:\n  - name: p\n    twinzo: {{ api_key: \"{API_KEY}, client: t }}\n  password: '{PASSWORD}\n");
+    let (out, text) = check(&yaml, &[]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("not valid YAML: ") && text.contains("line 3"), "{text}");
+    for secret in [PASSWORD, API_KEY, &API_KEY[..12]] {
+        assert!(!text.contains(secret), "a secret was printed:\n{text}");
+    }
+}

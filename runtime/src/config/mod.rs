@@ -585,9 +585,8 @@ pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> R
 /// hold a password (the parser's own rendering shows the source around it).
 fn yaml_syntax_error(e: &serde_saphyr::Error) -> ConfigError {
     let options = serde_saphyr::render_options! { snippets: serde_saphyr::SnippetMode::Off };
-    let message = elide_quoted(&e.render_with_options(options));
-    let at = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
-    ConfigError::new("", format!("not valid YAML{at}: {message}"))
+    // The plain rendering names the place ("at line 3, column 24").
+    ConfigError::new("", format!("not valid YAML: {}", elide_quoted(&e.render_with_options(options))))
 }
 
 /// `text` with whatever stands between quotes or backticks replaced by `…`.
