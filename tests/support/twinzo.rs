@@ -52,8 +52,12 @@ pub struct Faults {
 
 #[derive(Default)]
 pub struct Recorded {
-    /// Accepted locations per login, in arrival order.
+    /// Accepted locations per login, in arrival order (unless [`TwinzoStandIn::lean`]).
     pub locations: HashMap<String, Vec<Value>>,
+    /// The timestamps of accepted locations per login, in arrival order (always).
+    pub stamps: HashMap<String, Vec<u64>>,
+    /// Keep only `stamps` (and no `posts`): for long runs.
+    pub lean: bool,
     /// Every localization request: (headers, body).
     pub posts: Vec<(HeaderMap, Value)>,
     pub auth_calls: u32,
@@ -126,6 +130,11 @@ impl TwinzoStandIn {
         *self.server.lock().unwrap() = Some(self.runtime.spawn(async move {
             let _ = axum::serve(listener, app).await;
         }));
+    }
+
+    /// Records only what long runs need (timestamps per login).
+    pub fn lean(&self) {
+        self.inner.lock().unwrap().recorded.lean = true;
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -238,7 +247,9 @@ async fn localization(State(state): Shared, headers: HeaderMap, body: Bytes) -> 
     delay(&state).await;
     let mut s = state.lock().unwrap();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    s.recorded.posts.push((headers.clone(), body.clone()));
+    if !s.recorded.lean {
+        s.recorded.posts.push((headers.clone(), body.clone()));
+    }
     if s.faults.unavailable_posts > 0 {
         s.faults.unavailable_posts -= 1;
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -287,7 +298,11 @@ async fn localization(State(state): Shared, headers: HeaderMap, body: Bytes) -> 
         s.faults.short_results -= 1;
         results.pop();
     }
-    s.recorded.locations.entry(device.login.clone()).or_default().extend(items);
+    let stamps = items.iter().filter_map(|l| l["Timestamp"].as_u64());
+    s.recorded.stamps.entry(device.login.clone()).or_default().extend(stamps);
+    if !s.recorded.lean {
+        s.recorded.locations.entry(device.login.clone()).or_default().extend(items);
+    }
     brotli_json(StatusCode::OK, &json!({"Login": device.login, "Success": true, "Locations": results}))
 }
 

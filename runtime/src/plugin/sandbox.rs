@@ -187,6 +187,17 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_cap_covers_all_memories_together() {
+        use wasmtime::ResourceLimiter;
+        let mut limiter = Limiter { memory_bytes: 64 << 20, used: 0, exceeded: None };
+        // Two memories of 32 MiB each fit; growing either beyond does not.
+        assert!(limiter.memory_growing(0, 32 << 20, None).unwrap());
+        assert!(limiter.memory_growing(0, 32 << 20, None).unwrap());
+        assert!(limiter.memory_growing(32 << 20, 33 << 20, None).is_err());
+        assert!(limiter.exceeded.as_deref().is_some_and(|why| why.contains("64 MiB")));
+    }
+
+    #[test]
     fn log_burst_then_suppression() {
         let mut log = RateLimitedLog::new("t".into());
         for _ in 0..100 {
