@@ -69,16 +69,7 @@ struct Harness {
 impl Harness {
     fn new(name: &'static str, options: Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        // mosquitto started as root drops to its own user: its database folder must be writable.
-        let db = dir.path().join("mosquitto-db");
-        std::fs::create_dir(&db).unwrap();
-        std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        // Unlimited queue per client: the broker must hold what edge does not take while it
-        // holds intake (the default of 1000 would drop messages, not edge).
-        let broker = Mosquitto::with_config(&format!(
-            "persistence true\npersistence_location {}/\nmax_queued_messages 0\n",
-            db.display()
-        ));
+        let broker = Mosquitto::persistent(dir.path());
         let robots: Vec<String> = (1..=options.robots.unwrap_or(3)).map(|i| format!("amr-{i}")).collect();
         let logins = robots.iter().cloned().chain(options.broken_plant.then(|| "q-1".to_string()));
         let devices: Vec<Device> =

@@ -30,13 +30,7 @@ const T0: u64 = 1_790_000_000_000;
 fn soak() {
     let minutes: u64 = std::env::var("SOAK_MINUTES").ok().and_then(|m| m.parse().ok()).unwrap_or(30);
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("mosquitto-db");
-    std::fs::create_dir(&db).unwrap();
-    std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let broker = Mosquitto::with_config(&format!(
-        "persistence true\npersistence_location {}/\nmax_queued_messages 0\n",
-        db.display()
-    ));
+    let broker = Mosquitto::persistent(dir.path());
     let robots: Vec<String> = (0..ROBOTS).map(|i| format!("r{i:03}")).collect();
     let devices: Vec<Device> = robots
         .iter()

@@ -67,3 +67,22 @@ pub struct TwinzoLocation {
     #[serde(default)]
     pub no_go_areas: Vec<i64>,
 }
+
+#[cfg(test)]
+impl TwinzoLocation {
+    /// A plain location at `timestamp` and `x` mm, for tests.
+    pub fn test_at(timestamp: u64, x: f64) -> Self {
+        TwinzoLocation {
+            timestamp,
+            sector_id: 1,
+            x,
+            y: 2.0,
+            z: 0.0,
+            interval: 100,
+            battery: None,
+            is_moving: false,
+            localization_areas: vec![],
+            no_go_areas: vec![],
+        }
+    }
+}

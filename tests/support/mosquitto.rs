@@ -31,6 +31,17 @@ impl Mosquitto {
         broker
     }
 
+    /// A broker set up as docs/operations.md asks of a plant's broker: sessions persisted (in a
+    /// folder of its own under `dir`) and no limit on the messages queued per client, so that
+    /// it holds what edge does not take while it is away or holds intake.
+    pub fn persistent(dir: &Path) -> Self {
+        // mosquitto started as root drops to its own user: its database folder must be writable.
+        let db = dir.join("mosquitto-db");
+        std::fs::create_dir(&db).unwrap();
+        std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        Self::with_config(&format!("persistence true\npersistence_location {}/\nmax_queued_messages 0\n", db.display()))
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -54,18 +54,7 @@ mod tests {
     const NOW: u64 = 1_795_000_000_000;
 
     fn at(timestamp: u64, x: f64) -> TwinzoLocation {
-        TwinzoLocation {
-            timestamp,
-            sector_id: 1,
-            x,
-            y: 0.0,
-            z: 0.0,
-            interval: 100,
-            battery: None,
-            is_moving: false,
-            localization_areas: vec![],
-            no_go_areas: vec![],
-        }
+        TwinzoLocation::test_at(timestamp, x)
     }
 
     #[test]

@@ -517,18 +517,7 @@ mod tests {
     }
 
     fn location(ts: u64) -> TwinzoLocation {
-        TwinzoLocation {
-            timestamp: ts,
-            sector_id: 1,
-            x: 1.0,
-            y: 2.0,
-            z: 0.0,
-            interval: 100,
-            battery: None,
-            is_moving: false,
-            localization_areas: vec![],
-            no_go_areas: vec![],
-        }
+        TwinzoLocation::test_at(ts, 1.0)
     }
 
     fn spool() -> (tempfile::TempDir, Spool) {
