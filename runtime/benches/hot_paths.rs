@@ -6,7 +6,7 @@ use edge::config::{BatchingConfig, DeviceConfig, MotionConfig, PlantConfig};
 use edge::model::{Message, Position, TwinzoLocation};
 use edge::pipeline::{PlantPipeline, Transform};
 use edge::plugin::{PluginEngine, SandboxLimits};
-use edge::spool::{DiskLimits, Spool};
+use edge::spool::{BatchRequest, DiskLimits, Spool};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -127,7 +127,10 @@ fn main() {
     let per_group = measure(10, || spool.append(&group).unwrap());
     report("spool: durable append, per position in groups of 256", per_group / 256);
     report(
-        "spool: next batch of 100 for a device (count + read)",
-        measure(200, || drop(black_box(spool.next_batch("tug-1", 100, false).unwrap()))),
+        "spool: next batch of 100 for a device (count + newest + read)",
+        measure(200, || {
+            let want = BatchRequest { max: 100, posted_up_to: Some(u64::MAX), history: true };
+            drop(black_box(spool.next_batch("tug-1", want).unwrap()))
+        }),
     );
 }

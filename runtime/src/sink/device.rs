@@ -257,17 +257,14 @@ impl DeviceWorker {
                     self.forget(kept).await?;
                     self.dead_letter(refused, reason, &detail).await?;
                 }
-                PostResult::Refused { reason, detail } if part.len() == 1 => {
-                    self.failed(reason, &detail, true);
-                    self.dead_letter(ids, reason, &detail).await?;
-                }
-                PostResult::Refused { reason, .. } => {
+                PostResult::Refused { reason, .. } if part.len() > 1 => {
                     tracing::debug!(plant = %self.plant, robot = %self.robot, reason, size = part.len(), "Twinzo refused a batch: splitting it to find the locations it will not take");
                     let mut first = part;
                     let second = first.split_off(first.len() / 2);
                     parts.extend([second, first]);
+                    continue;
                 }
-                PostResult::Rejected { reason, detail } => {
+                PostResult::Refused { reason, detail } | PostResult::Rejected { reason, detail } => {
                     self.failed(reason, &detail, true);
                     self.dead_letter(ids, reason, &detail).await?;
                 }
@@ -276,8 +273,8 @@ impl DeviceWorker {
                     return Ok(Delivery::Retry(after));
                 }
             }
-            let newest = batch.iter().map(|l| l.timestamp).max();
-            self.posted_up_to = self.posted_up_to.max(newest);
+            // Delivered or dead-lettered: either way these went out.
+            self.posted_up_to = self.posted_up_to.max(batch.iter().map(|l| l.timestamp).max());
         }
         Ok(Delivery::Done)
     }
