@@ -675,20 +675,30 @@ fn broker_backlog_of_100k() {
 }
 
 /// Twinzo refuses one location with 400: it is found by splitting its batch and dead-lettered
-/// with Twinzo's reason; the rest of every batch arrives.
+/// with Twinzo's reason; the rest of every batch arrives. A position Twinzo could not take (from
+/// a robot whose clock was never set: 1990) is dead-lettered before it is ever posted.
 #[test]
 fn twinzo_refuses_one_location() {
     let h = Harness::new("twinzo-400-location", Options::default());
     h.twinzo.set_faults(Faults { poison_x: Some(1017.0), ..Faults::default() });
     let traffic = h.stream(60, 10.0, 0);
+    let unset_clock: u64 = 631_152_000_000;
+    let mut publisher = Publisher::connect(h.broker.port, "unset-clock");
+    let payload = json!({"device_id": "amr-1", "timestamp": unset_clock, "position": {"x": 5, "y": 5}});
+    publisher.publish("hitech/amr/amr-1/position", payload.to_string());
+    publisher.flush(Duration::from_secs(10));
+    h.sent.lock().unwrap().insert(("amr-1".into(), unset_clock));
     traffic.join().unwrap();
     h.settle();
     let (_, dead) = h.spooled();
-    let poisoned: BTreeSet<u64> = dead.keys().map(|(_, ts)| *ts).collect();
-    assert_eq!(poisoned, BTreeSet::from([stamp(17)]), "{dead:?}");
-    assert!(dead.values().all(|r| r == "http-4xx"), "{dead:?}");
-    let report = h.finish("400 naming one location in a batch", "every post");
-    assert_eq!(report.dead_lettered, 3);
+    let reasons: BTreeMap<u64, &str> = dead.iter().map(|((_, ts), reason)| (*ts, reason.as_str())).collect();
+    assert_eq!(reasons, BTreeMap::from([(unset_clock, "timestamp-out-of-range"), (stamp(17), "http-4xx")]), "{dead:?}");
+    let posted = |body: &serde_json::Value| {
+        body.as_array().is_some_and(|a| a.iter().any(|l| l["Timestamp"].as_u64() == Some(unset_clock)))
+    };
+    assert!(!h.twinzo.with_recorded(|r| r.posts.iter().any(|(_, body)| posted(body))), "never posted");
+    let report = h.finish("400 naming one location in a batch; a timestamp from 1990", "every post");
+    assert_eq!(report.dead_lettered, 4);
     report.print();
 }
 
@@ -776,6 +786,12 @@ fn plugin_sleeping_in_translate() {
         let (_, metrics) = support::process::http_get(&h.http_addr(), "/metrics");
         metrics.lines().any(|l| l.starts_with("edge_plugin_errors_total") && l.contains("hostile") && l.ends_with(" 5"))
     });
+    let (status, ready) = support::process::http_get(&h.http_addr(), "/readyz");
+    assert_eq!(status, 503, "{ready}");
+    assert!(
+        ready.contains("plugin faults in a row") && ready.contains("did not return within its deadline"),
+        "{ready}"
+    );
     // Stopped while sleeping calls are queued: bounded all the same.
     for _ in 0..3 {
         publisher.publish("hostile/x", "sleep:60000");

@@ -16,8 +16,20 @@ struct AppState {
     metrics: PrometheusHandle,
 }
 
+/// Histogram samples are buffered until the next upkeep: without one, a process nobody
+/// scrapes would keep every sample (about 10 KB/s at 1,000 messages/s, found by the soak).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Binds `listen` and serves until the process ends.
 pub async fn serve(listen: SocketAddr, health: Arc<HealthBoard>, metrics: PrometheusHandle) -> anyhow::Result<()> {
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP_EVERY);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
