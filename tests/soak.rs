@@ -21,8 +21,11 @@ use support::twinzo::{API_KEY, BRANCH_1, Device, TwinzoStandIn};
 const ROBOTS: usize = 200;
 const RATE_HZ: u64 = 5;
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
-const OUTAGE_EVERY: Duration = Duration::from_secs(300);
-const OUTAGE: Duration = Duration::from_secs(60);
+/// Twinzo goes down this often (SOAK_OUTAGE_EVERY_S), for this long (SOAK_OUTAGE_S).
+fn outages() -> (Duration, Duration) {
+    let secs = |var: &str, default| std::env::var(var).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    (Duration::from_secs(secs("SOAK_OUTAGE_EVERY_S", 300)), Duration::from_secs(secs("SOAK_OUTAGE_S", 60)))
+}
 const T0: u64 = 1_790_000_000_000;
 
 #[test]
@@ -48,12 +51,13 @@ fn soak() {
     let samples = sample(edge.pid(), dir.path().join("state/spool"), stop.clone());
     let started = Instant::now();
     let run = Duration::from_secs(minutes * 60);
+    let (every, outage) = outages();
     let mut outages = 0;
     while started.elapsed() < run {
-        std::thread::sleep(OUTAGE_EVERY.min(run.saturating_sub(started.elapsed())));
-        if started.elapsed() + OUTAGE < run {
+        std::thread::sleep(every.min(run.saturating_sub(started.elapsed())));
+        if started.elapsed() + outage < run {
             twinzo.go_down();
-            std::thread::sleep(OUTAGE);
+            std::thread::sleep(outage);
             twinzo.come_back();
             outages += 1;
         }
@@ -76,6 +80,7 @@ fn soak() {
     let duplicated: usize = delivered.values().map(|n| n - 1).sum();
     let report = json!({
         "minutes": minutes, "robots": ROBOTS, "rate_per_s": ROBOTS as u64 * RATE_HZ, "outages": outages,
+        "outage_s": outage.as_secs(),
         "sent": sent.len(), "delivered": sent.len() - lost, "duplicated": duplicated, "lost": lost,
     });
     let out = support::repo().join("target/soak");

@@ -3,8 +3,8 @@
 
 use crate::model::TwinzoLocation;
 
-/// Epoch milliseconds before September 2001 are seconds taken for milliseconds, or a clock
-/// that was never set (Twinzo refuses them; captured replays from any recent year pass).
+/// Epoch milliseconds before September 2001 are a clock that was never set, or seconds a
+/// plugin passed on as milliseconds (Twinzo refuses them; captured replays of recent years pass).
 const EARLIEST_MS: u64 = 1_000_000_000_000;
 /// Further ahead than any time zone offset: a wrong clock.
 const MAX_FUTURE_MS: u64 = 24 * 3_600_000;
@@ -25,7 +25,7 @@ pub fn admit(location: &TwinzoLocation, now_ms: u64) -> Result<(), Inadmissible>
         return Err(Inadmissible {
             reason: "timestamp-out-of-range",
             detail: format!(
-                "Timestamp {t} is before 2001 (seconds for milliseconds?) or more than 24 hours after this machine's clock ({now_ms}); \
+                "Timestamp {t} is before 2001 (a clock never set?) or more than 24 hours after this machine's clock ({now_ms}); \
                  check the vendor's clock and the plugin's timestamp options"
             ),
         });
