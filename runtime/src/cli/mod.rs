@@ -5,8 +5,9 @@ mod plugin;
 mod run;
 mod scaffold;
 mod spool;
+mod status;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -47,6 +48,9 @@ enum Command {
     },
     /// Publish a simulated fleet to an MQTT broker.
     Sim(run::SimArgs),
+    /// The fleet as a running edge sees it: devices, sources, plants, active conditions.
+    /// Exits 1 when something is unhealthy, 2 when edge cannot be reached.
+    Status(status::StatusArgs),
     /// Inspect the durable spool: queued positions, dead letters; retry or purge them.
     Spool(spool::SpoolArgs),
     /// Test, inspect and create plugins.
@@ -63,6 +67,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => run::check(&config),
         Command::Sim(args) => run::sim(args),
+        Command::Status(args) => status::run(args),
         Command::Spool(args) => spool::run(args),
         Command::Plugin(cmd) => plugin::run(cmd, cache_dir),
     };
@@ -71,6 +76,35 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// The configuration file as `-c/--config`, accepted anywhere on the command line.
+#[derive(Args)]
+pub struct ConfigFlag {
+    /// The configuration file [default: edge.yaml].
+    #[arg(long = "config", short = 'c', global = true, value_name = "CONFIG")]
+    flag: Option<PathBuf>,
+}
+
+/// The configuration file as the command's argument, as `edge run edge.yaml` takes it.
+#[derive(Args)]
+pub struct ConfigArg {
+    /// The configuration file [default: edge.yaml].
+    #[arg(value_name = "CONFIG")]
+    file: Option<PathBuf>,
+}
+
+impl ConfigFlag {
+    /// The file named either way (both ways: the same file), else `edge.yaml`.
+    pub fn resolve(&self, arg: &ConfigArg) -> anyhow::Result<PathBuf> {
+        match (&self.flag, &arg.file) {
+            (Some(a), Some(b)) if a != b => {
+                anyhow::bail!("two configuration files named ({} and {}): name one", a.display(), b.display())
+            }
+            (Some(path), _) | (None, Some(path)) => Ok(path.clone()),
+            (None, None) => Ok(PathBuf::from("edge.yaml")),
         }
     }
 }

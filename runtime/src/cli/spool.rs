@@ -4,14 +4,12 @@
 use crate::config;
 use crate::spool::{DiskLimits, Purge, Spool};
 use clap::{Args, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args)]
 pub struct SpoolArgs {
-    /// The configuration whose spool to open.
-    #[arg(long, short, default_value = "edge.yaml")]
-    config: PathBuf,
+    #[command(flatten)]
+    config: super::ConfigFlag,
     #[command(subcommand)]
     command: SpoolCommand,
 }
@@ -20,11 +18,15 @@ pub struct SpoolArgs {
 enum SpoolCommand {
     /// Queued and dead-lettered positions per plant and device.
     Status {
+        #[command(flatten)]
+        config: super::ConfigArg,
         #[arg(long)]
         json: bool,
     },
     /// The dead letters, newest first, with the reason Twinzo gave.
     Dead {
+        #[command(flatten)]
+        config: super::ConfigArg,
         #[command(flatten)]
         filter: Filter,
         #[arg(long, default_value_t = 50)]
@@ -33,10 +35,14 @@ enum SpoolCommand {
     /// Puts dead letters back in the queue (after fixing what made Twinzo refuse them).
     Retry {
         #[command(flatten)]
+        config: super::ConfigArg,
+        #[command(flatten)]
         filter: Filter,
     },
     /// Deletes queued positions (--queue) or dead letters (--dead).
     Purge {
+        #[command(flatten)]
+        config: super::ConfigArg,
         #[command(flatten)]
         filter: Filter,
         #[arg(long, conflicts_with = "dead", required_unless_present = "dead")]
@@ -57,15 +63,17 @@ struct Filter {
 }
 
 pub fn run(args: SpoolArgs) -> anyhow::Result<ExitCode> {
-    let loaded = config::load(&args.config)?;
-    let plant_filter = match &args.command {
-        SpoolCommand::Dead { filter, .. } | SpoolCommand::Retry { filter } | SpoolCommand::Purge { filter, .. } => {
-            filter.plant.clone()
-        }
-        SpoolCommand::Status { .. } => None,
+    let (plant_filter, positional) = match &args.command {
+        SpoolCommand::Dead { filter, config, .. }
+        | SpoolCommand::Retry { filter, config }
+        | SpoolCommand::Purge { filter, config, .. } => (filter.plant.clone(), config),
+        SpoolCommand::Status { config, .. } => (None, config),
     };
+    let path = args.config.resolve(positional)?;
+    // The spool is local: no Twinzo secret is needed to read it.
+    let loaded = config::load_local(&path)?;
     if let Some(name) = &plant_filter {
-        anyhow::ensure!(loaded.config.plant(name).is_some(), "{} has no plant named `{name}`", args.config.display());
+        anyhow::ensure!(loaded.config.plant(name).is_some(), "{} has no plant named `{name}`", path.display());
     }
     let mut status = serde_json::Map::new();
     for plant in loaded.config.plants.iter().filter(|p| plant_filter.as_ref().is_none_or(|f| *f == p.name)) {
@@ -79,7 +87,7 @@ pub fn run(args: SpoolArgs) -> anyhow::Result<ExitCode> {
             SpoolCommand::Status { .. } => {
                 status.insert(plant.name.clone(), serde_json::to_value(spool.counts()?)?);
             }
-            SpoolCommand::Dead { filter, limit } => {
+            SpoolCommand::Dead { filter, limit, .. } => {
                 for row in spool.dead(filter.device.as_deref(), *limit)? {
                     println!(
                         "{} {} {} ts={} {}: {}",
@@ -87,7 +95,7 @@ pub fn run(args: SpoolArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            SpoolCommand::Retry { filter } => {
+            SpoolCommand::Retry { filter, .. } => {
                 println!(
                     "{}: {} dead letters back in the queue",
                     plant.name,
@@ -100,7 +108,7 @@ pub fn run(args: SpoolArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if let SpoolCommand::Status { json } = args.command {
+    if let SpoolCommand::Status { json, .. } = args.command {
         print_status(&status, json)?;
     }
     Ok(ExitCode::SUCCESS)

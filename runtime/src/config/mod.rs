@@ -1,14 +1,17 @@
 //! The typed `edge.yaml`: sources (MQTT + plugin + transform), plants (Twinzo or dry-run,
-//! devices, motion, batching), the embedded broker, the simulator and the HTTP endpoint.
+//! devices, motion, batching), the embedded broker, the simulator, the HTTP endpoint, and
+//! health and alerting.
 //!
 //! Loading collects every problem with its key path (`plants[1].devices["tug-133"].sector`)
 //! instead of stopping at the first; see [`load`]. `edge check` prints the result.
 
+mod alerts;
 mod interpolate;
 mod secret;
 mod text;
 mod validate;
 
+pub use alerts::{AlertsConfig, HealthConfig, RuleConfig, WebhookConfig, WebhookFormat};
 pub use secret::Secret;
 
 use serde::Deserialize;
@@ -30,6 +33,8 @@ pub struct Config {
     pub summary_interval: Duration,
     pub sandbox: SandboxConfig,
     pub spool: SpoolConfig,
+    pub health: HealthConfig,
+    pub alerts: AlertsConfig,
     pub embedded_broker: Option<EmbeddedBrokerConfig>,
     pub simulator: Option<SimulatorConfig>,
     pub sources: Vec<SourceConfig>,
@@ -65,6 +70,10 @@ struct TopLevel {
     sandbox: SandboxConfig,
     #[serde(default)]
     spool: SpoolConfig,
+    #[serde(default)]
+    health: HealthConfig,
+    #[serde(default)]
+    alerts: AlertsConfig,
     embedded_broker: Option<EmbeddedBrokerConfig>,
     simulator: Option<SimulatorConfig>,
     #[serde(default)]
@@ -539,11 +548,29 @@ pub struct Loaded {
 /// Reads, interpolates and validates the configuration at `path`. A file that anyone may
 /// write, or that anyone may read while it holds secrets in clear, is refused.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    load_with(path, &|name| std::env::var(name).ok())
+}
+
+/// As [`load`], for commands that only read this machine's state (`edge spool`, `edge
+/// status`): a secret whose environment variable is unset is left empty instead of refused,
+/// so an operator needs no Twinzo password to look at the spool.
+pub fn load_local(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let root: Value = serde_saphyr::from_str(&text).unwrap_or_default();
+    let mut unset = std::collections::HashSet::new();
+    secret_variables(&root, "", &mut |name| {
+        if std::env::var_os(name).is_none() {
+            unset.insert(name.to_string());
+        }
+    });
+    load_with(path, &|name| std::env::var(name).ok().or_else(|| unset.contains(name).then(String::new)))
+}
+
+fn load_with(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded, ConfigErrors> {
     let fail = |message: String| ConfigErrors { file: path.into(), errors: vec![ConfigError::new("", message)] };
     let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the file: {e}")))?;
     let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let loaded = parse(&text, base, &|name| std::env::var(name).ok())
-        .map_err(|errors| ConfigErrors { file: path.into(), errors })?;
+    let loaded = parse(&text, base, env).map_err(|errors| ConfigErrors { file: path.into(), errors })?;
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(path).map_err(|e| fail(e.to_string()))?.permissions(),
     );
@@ -615,13 +642,44 @@ fn elide_quoted(text: &str) -> String {
     out
 }
 
+/// Whether `key` under `parent` holds a secret: a password, an API key, a webhook URL (which
+/// carries its token).
+fn is_secret_key(parent: &str, key: &str) -> bool {
+    matches!(key, "password" | "api_key") || (key == "url" && parent.starts_with("alerts.webhooks"))
+}
+
+/// Calls `found` with each environment variable a secret-bearing key refers to.
+fn secret_variables(value: &Value, path: &str, found: &mut dyn FnMut(&str)) {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                match item {
+                    Value::String(text) if is_secret_key(path, key) => {
+                        for reference in text.split("${").skip(1) {
+                            let name = reference.split(['}', ':']).next().unwrap_or("");
+                            found(name);
+                        }
+                    }
+                    _ => secret_variables(item, &join_key(path, key), found),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                secret_variables(item, &format!("{path}[{i}]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Secret-bearing keys whose value is written out rather than taken from the environment.
 fn find_literal_secrets(value: &Value, path: &str, found: &mut Vec<String>) {
     match value {
         Value::Object(map) => {
             for (key, item) in map {
                 let at = join_key(path, key);
-                let secret_key = matches!(key.as_str(), "password" | "api_key");
+                let secret_key = is_secret_key(path, key);
                 match item {
                     Value::String(s) if secret_key && !s.is_empty() && !s.contains("${") => found.push(at),
                     Value::Number(_) if secret_key => found.push(at),

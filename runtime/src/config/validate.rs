@@ -31,6 +31,8 @@ pub(super) fn build(mut root: Value, base: &Path, errors: &mut Vec<ConfigError>)
         summary_interval: Duration::from_secs(top.summary_interval_s.max(1)),
         sandbox: top.sandbox,
         spool: top.spool,
+        health: top.health,
+        alerts: top.alerts,
         embedded_broker: top.embedded_broker,
         simulator: top.simulator,
         sources,
@@ -38,6 +40,7 @@ pub(super) fn build(mut root: Value, base: &Path, errors: &mut Vec<ConfigError>)
     };
     resolve_paths(&mut config, base);
     check(&config, &source_paths, &plant_paths, errors);
+    alerts::check(&config.health, &config.alerts, errors);
     Some(config)
 }
 

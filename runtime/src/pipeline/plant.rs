@@ -1,17 +1,15 @@
 //! One plant's pipeline: robot id → configured device, vendor metres → sector millimetres,
-//! and the derived Twinzo fields. Unknown robots are counted and logged once a minute each.
+//! and the derived Twinzo fields. Unknown robots are counted (the fleet view lists them and
+//! raises an `unknown_robot` event).
 
 use super::device_state::{DeviceState, VendorHints};
 use super::transform::Transform;
 use crate::config::PlantConfig;
 use crate::model::{Position, TwinzoLocation};
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
 
-const UNKNOWN_LOG_INTERVAL: Duration = Duration::from_secs(60);
-/// Distinct unknown robot ids remembered for logging; more are counted under one entry,
-/// so a feed of random ids cannot grow memory.
-const MAX_UNKNOWN_TRACKED: usize = 1000;
+/// Devices remembered as warned about their clock; a feed of random ids cannot grow memory.
+const MAX_SKEW_WARNED: usize = 1000;
 /// A vendor clock this far from ours is worth one warning per device.
 const SKEW_WARN_MS: u64 = 5 * 60_000;
 
@@ -19,13 +17,7 @@ pub struct PlantPipeline {
     name: String,
     config: PlantConfig,
     states: HashMap<String, DeviceState>,
-    unknown: HashMap<String, UnknownRobot>,
     skew_warned: std::collections::HashSet<String>,
-}
-
-struct UnknownRobot {
-    unreported: u64,
-    last_logged: Option<Instant>,
 }
 
 /// What became of one position.
@@ -46,13 +38,7 @@ pub enum Outcome {
 
 impl PlantPipeline {
     pub fn new(config: PlantConfig) -> Self {
-        PlantPipeline {
-            name: config.name.clone(),
-            config,
-            states: HashMap::new(),
-            unknown: HashMap::new(),
-            skew_warned: Default::default(),
-        }
+        PlantPipeline { name: config.name.clone(), config, states: HashMap::new(), skew_warned: Default::default() }
     }
 
     pub fn name(&self) -> &str {
@@ -62,13 +48,12 @@ impl PlantPipeline {
     /// Applies a new plant configuration; devices that remain keep their motion and battery state.
     pub fn reconfigure(&mut self, config: PlantConfig) {
         self.states.retain(|robot, _| config.devices.contains_key(robot));
-        self.unknown.retain(|robot, _| !config.devices.contains_key(robot));
         self.config = config;
     }
 
     pub fn process(&mut self, source: &str, transform: &Transform, p: &Position, received_at_ms: u64) -> Outcome {
         let Some(sector_id) = self.config.devices.get(&p.device_id).map(|d| d.sector) else {
-            self.unknown_robot(source, &p.device_id);
+            metrics::counter!("edge_unknown_device_positions_total", "plant" => self.name.clone(), "source" => source.to_string()).increment(1);
             return Outcome::UnknownDevice;
         };
         let at_ms = p.timestamp_ms.unwrap_or(received_at_ms);
@@ -102,28 +87,9 @@ impl PlantPipeline {
         }
     }
 
-    fn unknown_robot(&mut self, source: &str, robot: &str) {
-        metrics::counter!("edge_unknown_device_positions_total", "plant" => self.name.clone(), "source" => source.to_string()).increment(1);
-        let key = if self.unknown.len() < MAX_UNKNOWN_TRACKED || self.unknown.contains_key(robot) {
-            robot
-        } else {
-            "(others)"
-        };
-        let entry = self.unknown.entry(key.to_string()).or_insert(UnknownRobot { unreported: 0, last_logged: None });
-        entry.unreported += 1;
-        if entry.last_logged.is_none_or(|t| t.elapsed() >= UNKNOWN_LOG_INTERVAL) {
-            tracing::warn!(
-                plant = %self.name, source, robot = %crate::plugin::sanitize(key, 80), positions = entry.unreported,
-                "robot is not in the plant's device map; its positions are dropped (add it under devices)"
-            );
-            entry.unreported = 0;
-            entry.last_logged = Some(Instant::now());
-        }
-    }
-
     fn check_skew(&mut self, robot: &str, at_ms: u64, received_ms: u64) {
         if at_ms.abs_diff(received_ms) > SKEW_WARN_MS
-            && self.skew_warned.len() < MAX_UNKNOWN_TRACKED
+            && self.skew_warned.len() < MAX_SKEW_WARNED
             && self.skew_warned.insert(robot.to_string())
         {
             tracing::warn!(

@@ -82,7 +82,7 @@ impl PluginInstance {
                 None => "aborted (reached unreachable code)".into(),
             },
             Some(trap) => trap.to_string(),
-            None => super::sandbox::sanitize(&format!("{error:#}"), 300),
+            None => crate::text::sanitize(&format!("{error:#}"), 300),
         }
     }
 
@@ -118,7 +118,7 @@ fn checked(p: bindings::Position) -> Result<Position, String> {
     if p.device_id.trim().is_empty() || p.device_id.len() > MAX_DEVICE_ID || p.device_id.chars().any(char::is_control) {
         return Err(format!(
             "device id {:?} is empty, longer than {MAX_DEVICE_ID} bytes or has control characters",
-            super::sandbox::sanitize(&p.device_id, 40)
+            crate::text::sanitize(&p.device_id, 40)
         ));
     }
     for (name, value) in [

@@ -19,4 +19,4 @@ pub use contract::{CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentSummary};
 pub use engine::{LoadedPlugin, PluginEngine, PluginInfo};
 pub use error::{CallError, LoadError};
 pub use instance::PluginInstance;
-pub use sandbox::{SandboxLimits, sanitize};
+pub use sandbox::SandboxLimits;

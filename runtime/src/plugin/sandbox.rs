@@ -2,6 +2,7 @@
 //! cap, a CPU deadline per call, and a rate-limited log import. One `HostState` per store.
 
 use super::bindings::{self, Level};
+use crate::text::sanitize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
@@ -163,28 +164,9 @@ impl RateLimitedLog {
     }
 }
 
-/// Escapes control characters (so a plugin cannot forge log lines) and truncates.
-pub fn sanitize(text: &str, max_bytes: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max_bytes));
-    for c in text.chars() {
-        if out.len() >= max_bytes {
-            out.push('…');
-            break;
-        }
-        if c.is_control() { out.extend(c.escape_default()) } else { out.push(c) }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sanitize_escapes_newlines_and_truncates() {
-        assert_eq!(sanitize("a\nb", 10), "a\\nb");
-        assert_eq!(sanitize(&"x".repeat(20), 5), "xxxxx…");
-    }
 
     #[test]
     fn the_memory_cap_covers_all_memories_together() {

@@ -4,14 +4,12 @@
 //! Data flow: MQTT task → plugin thread (per source) → plant task (pipeline) → device workers
 //! (batching, posting). Every arrow is a bounded channel, so a slow stage pushes back.
 
-mod health;
 mod plant;
 mod source;
 mod watch;
 
-pub use health::HealthBoard;
-
 use crate::config::{self, Config, SourceConfig};
+use crate::fleet::Fleet;
 use crate::plugin::{LoadError, LoadedPlugin, PluginEngine, SandboxLimits};
 use plant::{PlantDown, PlantRuntime, PlantSettings};
 use source::{Route, SourceRuntime};
@@ -47,8 +45,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     if let Some(broker) = config.embedded_broker.clone() {
         tokio::task::spawn_blocking(move || crate::broker::start(&broker)).await??;
     }
-    let health = Arc::new(HealthBoard::new(Duration::from_millis(config.sandbox.call_timeout_ms)));
-    crate::http::serve(config.http.listen, health.clone(), metrics).await?;
+    let fleet = Arc::new(Fleet::new(config.judgement()));
+    crate::http::serve(config.http.listen, fleet.clone(), metrics).await?;
+    let (alerts, alerts_config) = tokio::sync::watch::channel(config.alerts.clone());
+    tokio::spawn(judge_fleet(fleet.clone(), alerts_config));
     let (changes_tx, mut changes) = mpsc::unbounded_channel();
     let watcher =
         FileWatcher::new(changes_tx).map_err(|e| tracing::warn!("hot reload is off: cannot watch files: {e}")).ok();
@@ -56,7 +56,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config_path,
         config: Config { sources: Vec::new(), plants: Vec::new(), simulator: None, ..config.clone() },
         engine,
-        health,
+        fleet,
+        alerts,
         plants: BTreeMap::new(),
         down: BTreeMap::new(),
         sources: BTreeMap::new(),
@@ -112,7 +113,9 @@ struct Runtime {
     config_path: PathBuf,
     config: Config,
     engine: PluginEngine,
-    health: Arc<HealthBoard>,
+    fleet: Arc<Fleet>,
+    /// The alerting configuration the fleet's heartbeat follows.
+    alerts: tokio::sync::watch::Sender<config::AlertsConfig>,
     plants: BTreeMap<String, PlantRuntime>,
     /// Plants that could not start (their spool cannot be opened), with why. Their sources
     /// hold a session with the broker but take nothing, so the broker keeps their messages.
@@ -137,7 +140,7 @@ impl Runtime {
         }
         let keep: HashSet<&str> = new.sources.iter().map(|s| s.name.as_str()).collect();
         for name in self.sources.keys().filter(|n| !keep.contains(n.as_str())).cloned().collect::<Vec<_>>() {
-            self.health.remove(Some(&name), None);
+            self.fleet.remove(Some(&name), None);
             let deadline = tokio::time::Instant::now() + SOURCES_GRACE;
             self.sources.remove(&name).expect("listed above").finish(deadline).await;
             tracing::info!(source = %name, "source removed");
@@ -148,7 +151,7 @@ impl Runtime {
         let keep: HashSet<&str> = new.plants.iter().map(|p| p.name.as_str()).collect();
         self.down.retain(|name, _| keep.contains(name.as_str()));
         for name in self.plants.keys().filter(|n| !keep.contains(n.as_str())).cloned().collect::<Vec<_>>() {
-            self.health.remove(None, Some(&name));
+            self.fleet.remove(None, Some(&name));
             self.plants.remove(&name).expect("listed above").finish().await;
             tracing::info!(plant = %name, "plant removed");
         }
@@ -168,6 +171,12 @@ impl Runtime {
                 tracing::warn!("`{what}` changed: that takes effect at the next restart");
             }
         }
+        self.fleet.set_judgement(new.judgement());
+        self.alerts.send_if_modified(|alerts| {
+            let changed = *alerts != new.alerts;
+            alerts.clone_from(&new.alerts);
+            changed
+        });
         self.config = new;
         self.watch_files();
         Ok(())
@@ -200,7 +209,7 @@ impl Runtime {
         match PlantRuntime::start(settings, config).await {
             Ok(runtime) => {
                 self.down.remove(&plant.name);
-                self.health.set_plant(&plant.name, runtime.reach.clone());
+                self.fleet.set_plant(runtime.watch.clone());
                 self.plants.insert(plant.name.clone(), runtime);
                 self.spawn_preflight(plant);
             }
@@ -209,7 +218,7 @@ impl Runtime {
                     plant = %plant.name,
                     "cannot start the plant; its sources take nothing (the broker keeps their messages), the other plants run on; trying again every {PLANT_RETRY:?}: {down}"
                 );
-                self.health.set_plant_down(&plant.name, &down.to_string());
+                self.fleet.set_plant_down(&plant.name, &down.to_string());
                 self.down.insert(plant.name.clone(), down);
             }
         }
@@ -246,7 +255,7 @@ impl Runtime {
             }
             None => {
                 let started = SourceRuntime::start(source.clone(), Some(self.config.state_dir.join("sessions")));
-                self.health.set_source(&source.name, &started);
+                self.fleet.set_source(&source.name, &source.plant, started.watch.clone());
                 self.sources.entry(source.name.clone()).or_insert(started)
             }
         };
@@ -346,15 +355,19 @@ impl Runtime {
 
     fn spawn_preflight(&self, plant: &config::PlantConfig) {
         let Some(twinzo) = &plant.twinzo else { return };
-        let (plant, reach) = (plant.clone(), self.plants.get(&plant.name).map(|p| p.reach.clone()));
+        let (plant, watch) = (plant.clone(), self.plants.get(&plant.name).map(|p| p.watch.clone()));
         let api = match crate::sink::twinzo::TwinzoApi::new(twinzo) {
             Ok(api) => api,
             Err(e) => return tracing::error!(plant = %plant.name, "cannot set up the Twinzo client: {e:#}"),
         };
         tokio::spawn(async move {
-            let (problems, reached) = crate::sink::twinzo::check_devices(&api, &plant).await;
-            if let Some(reach) = reach.filter(|r| r.get().is_none()) {
-                reach.set(reached);
+            let crate::sink::twinzo::Preflight { problems, reached, sectors } =
+                crate::sink::twinzo::check_devices(&api, &plant).await;
+            if let Some(watch) = watch {
+                if watch.reach.get().is_none() {
+                    watch.reach.set(reached);
+                }
+                watch.set_sectors(sectors.into_iter());
             }
             for problem in &problems {
                 tracing::warn!(plant = %plant.name, "device check: {problem}");
@@ -405,6 +418,26 @@ impl Runtime {
             }
         });
         futures_join_all(plants).await;
+    }
+}
+
+/// The fleet's heartbeat: judges the fleet once a second, logs the conditions that start and
+/// end and sends them to the alert destinations, and sends the periodic summary.
+async fn judge_fleet(fleet: Arc<Fleet>, mut config: tokio::sync::watch::Receiver<config::AlertsConfig>) {
+    let mut alerts = crate::alert::Alerts::new(&config.borrow_and_update());
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if config.has_changed().unwrap_or(false) {
+            alerts = crate::alert::Alerts::new(&config.borrow_and_update());
+        }
+        let events = fleet.tick();
+        for event in &events {
+            crate::fleet::log_event(event);
+        }
+        alerts.on_events(&events);
+        alerts.maybe_summary(&fleet.latest());
     }
 }
 

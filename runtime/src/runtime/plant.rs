@@ -6,10 +6,11 @@
 use crate::backoff::Backoff;
 use crate::config::{Config, DeviceConfig, PlantConfig};
 use crate::episode::{Episode, News};
+use crate::fleet::PlantWatch;
 use crate::model::{Position, TwinzoLocation, now_ms};
 use crate::pipeline::{Outcome, PlantPipeline, Transform};
 use crate::sink::twinzo::{TwinzoApi, TwinzoDevice};
-use crate::sink::{Backlog, DeviceHandle, DeviceWorker, DryRun, Pacing, Poster, Reachability};
+use crate::sink::{Backlog, DeviceHandle, DeviceWorker, DryRun, Pacing, Poster};
 use crate::source::Ack;
 use crate::spool::{DiskLimits, Refused, Spool, SpoolLimits};
 use std::collections::{BTreeSet, HashMap};
@@ -76,7 +77,8 @@ pub enum PlantMsg {
 pub struct PlantRuntime {
     pub tx: mpsc::Sender<PlantMsg>,
     pub settings: PlantSettings,
-    pub reach: Arc<Reachability>,
+    /// What the fleet view shows of this plant and its devices.
+    pub watch: Arc<PlantWatch>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -104,9 +106,10 @@ impl PlantRuntime {
                 .expect("opening a spool does not panic")
                 .map_err(|source| PlantDown::Spool { plant: settings.plant.name.clone(), source })?,
         );
-        let reach = Arc::new(Reachability::default());
+        let watch = Arc::new(PlantWatch::new(&settings.plant.name, settings.plant.dry_run));
+        watch.set_devices(settings.plant.devices.iter().map(|(robot, d)| (robot, d.sector)));
         let backlog = Arc::new(Backlog::default());
-        let sink = PlantSink::new(&settings, spool.clone(), reach.clone(), backlog.clone())
+        let sink = PlantSink::new(&settings, spool.clone(), watch.clone(), backlog.clone())
             .map_err(|e| PlantDown::Twinzo { plant: settings.plant.name.clone(), reason: format!("{e:#}") })?;
         let (tx, rx) = mpsc::channel(1024);
         let state = PlantState {
@@ -119,7 +122,7 @@ impl PlantRuntime {
             pace: Pace::default(),
         };
         let task = tokio::spawn(run(state, rx));
-        Ok(PlantRuntime { tx, settings, reach, task })
+        Ok(PlantRuntime { tx, settings, watch, task })
     }
 
     /// Applies changed settings in order with the messages already queued.
@@ -156,7 +159,7 @@ async fn run(mut plant: PlantState, mut rx: mpsc::Receiver<PlantMsg>) {
                 None => break,
             },
             _ = enforce.tick() => {
-                enforce_limits(&plant.spool, &plant.limits, plant.pipeline.name()).await;
+                enforce_limits(&plant.spool, &plant.limits, &plant.sink.watch).await;
                 batch.trouble_over(plant.pipeline.name());
                 plant.report_backlog(0, None);
                 continue;
@@ -174,6 +177,7 @@ async fn run(mut plant: PlantState, mut rx: mpsc::Receiver<PlantMsg>) {
                         continue;
                     }
                     plant.limits = settings.limits.clone();
+                    plant.sink.watch.set_devices(settings.plant.devices.iter().map(|(robot, d)| (robot, d.sector)));
                     plant.pipeline.reconfigure(settings.plant);
                 }
             }
@@ -294,8 +298,15 @@ impl Batch {
         if input.backlog {
             plant.backlog.seen();
         }
+        // What became of each position, for the fleet view.
+        let mut became = Vec::with_capacity(input.positions.len());
         for position in &input.positions {
-            match plant.pipeline.process(&input.source, &input.transform, position, input.received_at_ms) {
+            let outcome = plant.pipeline.process(&input.source, &input.transform, position, input.received_at_ms);
+            became.push(match &outcome {
+                Outcome::Location { location, .. } | Outcome::Refused { location, .. } => Some(location.clone()),
+                Outcome::UnknownDevice => None,
+            });
+            match outcome {
                 Outcome::Location { robot, location } => {
                     crate::stats::STATS.positions.fetch_add(1, Relaxed);
                     self.items.push((robot, location));
@@ -310,6 +321,8 @@ impl Batch {
                 }
             }
         }
+        let heard = input.positions.iter().zip(became.iter().map(Option::as_ref));
+        plant.sink.watch.heard(&input.source, input.received_at_ms, heard);
         self.acks.push(input.ack);
     }
 
@@ -377,10 +390,11 @@ impl Batch {
     }
 }
 
-async fn enforce_limits(spool: &Arc<Spool>, limits: &SpoolLimits, plant: &str) {
-    let (spool, limits) = (spool.clone(), limits.clone());
-    let enforce = move || (spool.enforce(&limits), spool.reclaim());
-    let (dropped, reclaimed) = tokio::task::spawn_blocking(enforce).await.expect("spool calls do not panic");
+async fn enforce_limits(spool: &Arc<Spool>, limits: &SpoolLimits, watch: &PlantWatch) {
+    let plant = watch.name.as_str();
+    let (spool, limits, max_bytes) = (spool.clone(), limits.clone(), limits.max_bytes);
+    let enforce = move || (spool.enforce(&limits), spool.reclaim(), spool.counts());
+    let (dropped, reclaimed, counts) = tokio::task::spawn_blocking(enforce).await.expect("spool calls do not panic");
     if let Err(e) = reclaimed {
         // Expected on a full disk, which the write path reports.
         tracing::debug!(plant, "cannot give the spool's free pages back to the disk: {e}");
@@ -394,6 +408,11 @@ async fn enforce_limits(spool: &Arc<Spool>, limits: &SpoolLimits, plant: &str) {
         }
         Err(e) => tracing::error!(plant, "cannot apply the spool limits: {e}"),
     }
+    if let Ok(counts) = counts {
+        let depths = counts.iter().map(|(device, c)| (device.clone(), (c.queued, c.dead))).collect();
+        let bytes = counts.values().map(|c| c.queued_bytes).sum();
+        watch.set_spool(&depths, bytes, max_bytes);
+    }
 }
 
 /// The device workers of one plant.
@@ -404,7 +423,7 @@ struct PlantSink {
     spool: Arc<Spool>,
     devices: HashMap<String, (DeviceConfig, DeviceHandle)>,
     workers: JoinSet<()>,
-    reach: Arc<Reachability>,
+    watch: Arc<PlantWatch>,
     backlog: Arc<Backlog>,
 }
 
@@ -419,13 +438,13 @@ impl PlantSink {
     fn new(
         settings: &PlantSettings,
         spool: Arc<Spool>,
-        reach: Arc<Reachability>,
+        watch: Arc<PlantWatch>,
         backlog: Arc<Backlog>,
     ) -> anyhow::Result<Self> {
         let plant = &settings.plant;
         let api = plant.twinzo.as_ref().map(TwinzoApi::new).transpose()?.map(Arc::new);
         if plant.dry_run {
-            reach.set(true);
+            watch.reach.set(true);
         }
         let sink_settings = SinkSettings { twinzo: plant.twinzo.clone(), pacing: settings.pacing.clone() };
         let mut sink = PlantSink {
@@ -435,7 +454,7 @@ impl PlantSink {
             spool,
             devices: HashMap::new(),
             workers: JoinSet::new(),
-            reach,
+            watch,
             backlog,
         };
         for (robot, device) in &plant.devices {
@@ -463,7 +482,7 @@ impl PlantSink {
             self.spool.clone(),
             poster,
             self.settings.pacing.clone(),
-            self.reach.clone(),
+            self.watch.clone(),
             self.backlog.clone(),
         );
         self.workers.spawn(worker.run());

@@ -4,18 +4,16 @@
 
 use super::plant::{PlantInput, PlantMsg};
 use crate::config::SourceConfig;
+use crate::fleet::{PluginLabel, SourceWatch};
 use crate::pipeline::Transform;
 use crate::plugin::{CallError, LoadedPlugin, PluginInstance};
-use crate::source::{Inbound, SessionMemory, SourceStatus, default_client_id, run_source};
+use crate::source::{Inbound, SessionMemory, default_client_id, run_source};
 use arc_swap::ArcSwapOption;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
-
-/// Plugin faults in a row (traps, deadlines, invalid output) that make a source not ready.
-const FAULTS_NOT_READY: u32 = 3;
 
 /// Where a source's messages go: the plugin that reads them, the transform, the plant.
 pub struct Route {
@@ -24,53 +22,11 @@ pub struct Route {
     pub plant: mpsc::Sender<PlantMsg>,
 }
 
-/// How a source's plugin is doing, for /readyz: faults in a row, and whether a call is running.
-#[derive(Debug, Default)]
-pub struct PluginHealth(Mutex<PluginState>);
-
-#[derive(Debug, Default)]
-struct PluginState {
-    faults_in_a_row: u32,
-    last_fault: Option<String>,
-    call_started: Option<Instant>,
-}
-
-impl PluginHealth {
-    fn calling(&self) {
-        self.0.lock().expect("plugin health lock").call_started = Some(Instant::now());
-    }
-
-    fn called(&self, fault: Option<&CallError>) {
-        let mut state = self.0.lock().expect("plugin health lock");
-        state.call_started = None;
-        match fault {
-            Some(e) => {
-                state.faults_in_a_row += 1;
-                state.last_fault = Some(e.to_string());
-            }
-            None => state.faults_in_a_row = 0,
-        }
-    }
-
-    /// Why the plugin is not fit to take messages, if it is not: failing call after call,
-    /// or a call running far past any deadline.
-    pub fn problem(&self, deadline: Duration) -> Option<String> {
-        let state = self.0.lock().expect("plugin health lock");
-        if let Some(started) = state.call_started.filter(|t| t.elapsed() > 2 * deadline + Duration::from_secs(1)) {
-            return Some(format!("a plugin call has been running for {:.1?}", started.elapsed()));
-        }
-        (state.faults_in_a_row >= FAULTS_NOT_READY).then(|| {
-            let last = state.last_fault.as_deref().unwrap_or("");
-            format!("{} plugin faults in a row, the last: {last}", state.faults_in_a_row)
-        })
-    }
-}
-
 pub struct SourceRuntime {
     pub config: SourceConfig,
     pub route: Arc<ArcSwapOption<Route>>,
-    pub status: Arc<SourceStatus>,
-    pub plugin_health: Arc<PluginHealth>,
+    /// What the fleet view shows of this source: connection, messages, plugin calls.
+    pub watch: Arc<SourceWatch>,
     /// Where the source remembers its broker session (None: nowhere).
     sessions_dir: Option<PathBuf>,
     /// A loaded plugin waiting for its plant to start.
@@ -86,18 +42,16 @@ impl SourceRuntime {
         // Never fuller than the receive maximum allows (the MQTT task counts what is in flight).
         let (tx, rx) = mpsc::channel(usize::from(config.mqtt.receive_maximum.max(1)));
         let route: Arc<ArcSwapOption<Route>> = Arc::new(ArcSwapOption::empty());
-        let plugin_health = Arc::new(PluginHealth::default());
-        let (name, thread_route, health) =
-            (Arc::<str>::from(config.name.as_str()), route.clone(), plugin_health.clone());
+        let watch = Arc::new(SourceWatch::default());
+        let (name, thread_route, thread_watch) = (Arc::<str>::from(config.name.as_str()), route.clone(), watch.clone());
         let worker = std::thread::Builder::new()
             .name(format!("plugin-{}", config.name))
-            .spawn(move || worker(name, rx, thread_route, &health))
+            .spawn(move || worker(name, rx, thread_route, &thread_watch))
             .expect("spawning a plugin thread");
         SourceRuntime {
             config,
             route,
-            status: Arc::default(),
-            plugin_health,
+            watch,
             sessions_dir,
             held: None,
             inbound: Some(tx),
@@ -108,12 +62,14 @@ impl SourceRuntime {
 
     pub fn set_route(&mut self, route: Route) {
         self.held = None;
+        self.watch.set_plugin(Some(label(&route.plugin)));
         self.route.store(Some(Arc::new(route)));
     }
 
     /// Keeps `plugin` for when the source's plant starts; the source takes nothing meanwhile.
     pub fn hold_plugin(&mut self, plugin: Arc<LoadedPlugin>) {
         self.route.store(None);
+        self.watch.set_plugin(None);
         self.held = Some(plugin);
     }
 
@@ -146,7 +102,7 @@ impl SourceRuntime {
             self.config.mqtt.clone(),
             topics,
             tx,
-            self.status.clone(),
+            self.watch.clone(),
             session,
             stop_rx,
         ));
@@ -178,8 +134,12 @@ impl SourceRuntime {
     }
 }
 
+fn label(plugin: &LoadedPlugin) -> PluginLabel {
+    PluginLabel { name: plugin.info.name.clone(), version: plugin.info.version.clone(), sha256: plugin.sha256.clone() }
+}
+
 /// The plugin thread of one source.
-fn worker(source: Arc<str>, mut rx: mpsc::Receiver<Inbound>, route: Arc<ArcSwapOption<Route>>, health: &PluginHealth) {
+fn worker(source: Arc<str>, mut rx: mpsc::Receiver<Inbound>, route: Arc<ArcSwapOption<Route>>, watch: &SourceWatch) {
     let mut instance: Option<PluginInstance> = None;
     let mut errors = ErrorLog::default();
     while let Some(inbound) = rx.blocking_recv() {
@@ -191,7 +151,7 @@ fn worker(source: Arc<str>, mut rx: mpsc::Receiver<Inbound>, route: Arc<ArcSwapO
                 Err(e) => {
                     // Released: the message waits at the broker for a plugin that starts.
                     tracing::error!(%source, "cannot start plugin: {e}");
-                    health.called(Some(&CallError::Trapped(e.to_string())));
+                    watch.called(Duration::ZERO, Some(("trapped", e.to_string())), true);
                     continue;
                 }
             };
@@ -204,11 +164,12 @@ fn worker(source: Arc<str>, mut rx: mpsc::Receiver<Inbound>, route: Arc<ArcSwapO
             received_at_ms: inbound.received_at_ms,
         };
         let started = Instant::now();
-        health.calling();
+        watch.calling();
         let result = instance.translate(&message);
-        health.called(result.as_ref().err().filter(|e| e.is_fault()));
-        metrics::histogram!("edge_plugin_call_seconds", "plugin" => plugin.clone())
-            .record(started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        let error = result.as_ref().err();
+        watch.called(took, error.map(|e| (e.kind(), e.to_string())), error.is_some_and(CallError::is_fault));
+        metrics::histogram!("edge_plugin_call_seconds", "plugin" => plugin.clone()).record(took.as_secs_f64());
         metrics::counter!("edge_plugin_calls_total", "plugin" => plugin.clone(), "source" => source.to_string())
             .increment(1);
         match result {
@@ -260,7 +221,7 @@ impl ErrorLog {
             entry.1 += 1;
             return;
         }
-        let topic = crate::plugin::sanitize(topic, 120);
+        let topic = crate::text::sanitize(topic, 120);
         tracing::warn!(source, plugin, %topic, kind = error.kind(), similar_since_last = entry.1, "message dropped: {error}");
         *entry = (Instant::now(), 0);
     }

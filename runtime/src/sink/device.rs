@@ -6,9 +6,10 @@
 //! failing device never holds up another.
 
 use super::twinzo::TwinzoDevice;
-use super::{Backlog, DryRun, Reachability};
+use super::{Backlog, DryRun};
 use crate::backoff::Backoff;
 use crate::config::BatchingConfig;
+use crate::fleet::PlantWatch;
 use crate::model::TwinzoLocation;
 use crate::spool::{BatchRequest, Row, Spool, SpoolError};
 use std::sync::Arc;
@@ -92,7 +93,8 @@ pub struct DeviceWorker {
     pacing: Pacing,
     retry: Backoff,
     failing_since: Option<(tokio::time::Instant, u64)>,
-    reach: Arc<Reachability>,
+    /// Where the worker reports how posting goes (Twinzo reachable, last result per device).
+    watch: Arc<PlantWatch>,
     backlog: Arc<Backlog>,
     /// The newest timestamp posted (delivered or dead-lettered): a newer one jumps the queue.
     posted_up_to: Option<u64>,
@@ -124,7 +126,7 @@ impl DeviceWorker {
         spool: Arc<Spool>,
         poster: Poster,
         pacing: Pacing,
-        reach: Arc<Reachability>,
+        watch: Arc<PlantWatch>,
         backlog: Arc<Backlog>,
     ) -> (DeviceHandle, DeviceWorker) {
         let (wake, (stop_tx, stop)) = (Arc::new(Notify::new()), watch::channel(false));
@@ -138,7 +140,7 @@ impl DeviceWorker {
             pacing,
             retry: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
             failing_since: None,
-            reach,
+            watch,
             backlog,
             posted_up_to: None,
             delivered_not_removed: Vec::new(),
@@ -302,7 +304,8 @@ impl DeviceWorker {
     }
 
     fn delivered(&mut self, n: usize) {
-        self.reach.set(true);
+        self.watch.reach.set(true);
+        self.watch.posted(&self.robot, n as u64);
         metrics::counter!("edge_positions_posted_total", "plant" => self.plant.clone(), "device" => self.robot.clone())
             .increment(n as u64);
         crate::stats::STATS.posted.fetch_add(n as u64, Relaxed);
@@ -316,7 +319,8 @@ impl DeviceWorker {
     // gives one line per device, not one per retry.
     fn failed(&mut self, reason: &'static str, detail: &str, permanent: bool) {
         // A refusal is an answer: Twinzo is reachable. Everything else counts as unreachable.
-        self.reach.set(permanent);
+        self.watch.reach.set(permanent);
+        self.watch.post_failed(&self.robot, reason, detail);
         crate::stats::STATS.post_failures.fetch_add(1, Relaxed);
         metrics::counter!("edge_post_failures_total", "plant" => self.plant.clone(), "device" => self.robot.clone(), "reason" => reason).increment(1);
         let (robot, plant) = (&self.robot, &self.plant);

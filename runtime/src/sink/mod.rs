@@ -8,7 +8,7 @@ pub mod twinzo;
 pub use device::{DeviceHandle, DeviceWorker, Pacing, PostResult, Poster};
 pub use dry_run::DryRun;
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Whether a plant is taking a backlog (a broker delivering what it queued while edge was away,
@@ -40,27 +40,5 @@ impl Backlog {
     pub fn taking(&self) -> bool {
         self.epoch.elapsed().as_millis() as u64 <= self.until_ms.load(Ordering::Relaxed)
             && self.until_ms.load(Ordering::Relaxed) > 0
-    }
-}
-
-/// Whether a plant's sink can reach Twinzo, as its device workers last found.
-#[derive(Debug, Default)]
-pub struct Reachability(AtomicU8);
-
-impl Reachability {
-    const UNKNOWN: u8 = 0;
-    const OK: u8 = 1;
-    const FAILING: u8 = 2;
-
-    pub fn set(&self, ok: bool) {
-        self.0.store(if ok { Self::OK } else { Self::FAILING }, Ordering::Relaxed);
-    }
-
-    /// `None` until the first post or check.
-    pub fn get(&self) -> Option<bool> {
-        match self.0.load(Ordering::Relaxed) {
-            Self::UNKNOWN => None,
-            state => Some(state == Self::OK),
-        }
     }
 }

@@ -8,13 +8,14 @@ use super::client::{AckRefused, Client, Event, EventLoop, Failure, Refusal, conn
 use super::session::{SessionMemory, SessionNews};
 use crate::backoff::Backoff;
 use crate::config::MqttConfig;
+use crate::fleet::SourceWatch;
 use crate::model::now_ms;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -28,20 +29,6 @@ pub struct Inbound {
     /// Taken from a backlog: the pipeline, not the broker, sets the pace (a broker delivering
     /// what it queued while edge was away, or intake held up downstream).
     pub backlog: bool,
-}
-
-/// What the rest of the runtime can see of a source (for /readyz and logs).
-#[derive(Debug, Default)]
-pub struct SourceStatus {
-    pub connected: AtomicBool,
-    /// The last subscription refusal, if the broker refused one.
-    pub subscribe_error: Mutex<Option<String>>,
-}
-
-impl SourceStatus {
-    pub fn ready(&self) -> bool {
-        self.connected.load(Ordering::Relaxed) && self.subscribe_error.lock().expect("status lock").is_none()
-    }
 }
 
 /// How a source is told to stop: `None` while it runs; `Some(deadline)` to finish the messages
@@ -69,7 +56,7 @@ pub async fn run_source(
     config: MqttConfig,
     topics: Vec<String>,
     tx: mpsc::Sender<Inbound>,
-    status: Arc<SourceStatus>,
+    status: Arc<SourceWatch>,
     session: SessionMemory,
     mut stop: StopSignal,
 ) {
@@ -79,7 +66,7 @@ pub async fn run_source(
         Ok(pair) => pair,
         Err(e) => {
             tracing::error!(source = %name, %endpoint, "cannot set up the MQTT connection: {e:#}");
-            *status.subscribe_error.lock().expect("status lock") = Some(format!("{e:#}"));
+            status.cannot_connect(format!("{e:#}"));
             return;
         }
     };
@@ -144,7 +131,7 @@ struct Connection {
     events: Option<EventLoop>,
     polling: Option<PollFuture>,
     tx: mpsc::Sender<Inbound>,
-    status: Arc<SourceStatus>,
+    status: Arc<SourceWatch>,
     session: SessionMemory,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
@@ -355,6 +342,7 @@ impl Connection {
     fn on_publish(&mut self, topic: String, payload: Bytes, packet: Option<(u16, u8)>) {
         metrics::counter!("edge_messages_received_total", "source" => self.name.to_string()).increment(1);
         crate::stats::STATS.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.status.messages.fetch_add(1, Ordering::Relaxed);
         if topic.len() + payload.len() > self.config.max_packet_bytes {
             // Only over MQTT 3.1.1, which cannot tell the broker our limit (see on_failure).
             self.events.as_mut().expect("idle after a poll").accept_packets_up_to(self.config.max_packet_bytes);
@@ -510,21 +498,25 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365)
 }
 
-fn report_suback(name: &str, topics: &[String], qos: u8, codes: &[Result<u8, Refusal>], status: &SourceStatus) {
-    let mut refused = None;
+fn report_suback(name: &str, topics: &[String], qos: u8, codes: &[Result<u8, Refusal>], status: &SourceWatch) {
+    let (mut accepted, mut refused) = (Vec::new(), None);
     for (i, code) in codes.iter().enumerate() {
         let topic = topics.get(i).map(String::as_str).unwrap_or("?");
         match code {
-            Ok(granted) if *granted < qos => {
-                tracing::warn!(
-                    source = name,
-                    topic,
-                    granted,
-                    requested = qos,
-                    "the broker granted a lower QoS than asked: messages may be lost"
-                );
+            Ok(granted) => {
+                if *granted < qos {
+                    tracing::warn!(
+                        source = name,
+                        topic,
+                        granted,
+                        requested = qos,
+                        "the broker granted a lower QoS than asked: messages may be lost"
+                    );
+                } else {
+                    tracing::info!(source = name, topic, "subscribed");
+                }
+                accepted.push(topic.to_string());
             }
-            Ok(_) => tracing::info!(source = name, topic, "subscribed"),
             Err(reason) => {
                 let hint = if qos == 0 && reason.code == 135 {
                     " (ATI's broker answers 135 to QoS 0 subscriptions: use qos: 1)"
@@ -538,5 +530,5 @@ fn report_suback(name: &str, topics: &[String], qos: u8, codes: &[Result<u8, Ref
             }
         }
     }
-    *status.subscribe_error.lock().expect("status lock") = refused;
+    status.subscribed(accepted, refused);
 }

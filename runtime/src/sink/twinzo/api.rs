@@ -93,6 +93,11 @@ pub struct Sector {
     pub title: Option<String>,
     #[serde(default)]
     pub branch_id: Option<i64>,
+    /// Millimetres.
+    #[serde(default)]
+    pub sector_width: Option<f64>,
+    #[serde(default)]
+    pub sector_height: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -195,7 +200,7 @@ impl TwinzoApi {
         for secret in secrets.iter().chain([&self.api_key.expose()]).filter(|s| s.len() >= 4) {
             text = text.replace(secret, "<redacted>");
         }
-        crate::plugin::sanitize(&text, SNIPPET_BYTES)
+        crate::text::sanitize(&text, SNIPPET_BYTES)
     }
 }
 

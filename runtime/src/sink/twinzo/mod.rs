@@ -7,4 +7,4 @@ mod preflight;
 
 pub use api::{ApiError, TwinzoApi};
 pub use device::TwinzoDevice;
-pub use preflight::check_devices;
+pub use preflight::{Preflight, check_devices};

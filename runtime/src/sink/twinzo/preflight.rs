@@ -4,12 +4,23 @@
 use super::api::TwinzoApi;
 use crate::config::PlantConfig;
 
-/// Checks every device of a Twinzo plant: one line per problem (empty when all is well), and
-/// whether Twinzo answered at all (any device signed in).
-pub async fn check_devices(api: &TwinzoApi, plant: &PlantConfig) -> (Vec<String>, bool) {
-    let Some(twinzo) = &plant.twinzo else { return (Vec::new(), true) };
+/// What the check found.
+#[derive(Debug, Default)]
+pub struct Preflight {
+    /// One line per problem; empty when all is well.
+    pub problems: Vec<String>,
+    /// Whether Twinzo answered at all (any device signed in).
+    pub reached: bool,
+    /// The branch's sectors with their size, (id, width mm, height mm), for the map.
+    pub sectors: Vec<(i64, f64, f64)>,
+}
+
+/// Checks every device of a Twinzo plant.
+pub async fn check_devices(api: &TwinzoApi, plant: &PlantConfig) -> Preflight {
+    let Some(twinzo) = &plant.twinzo else { return Preflight { reached: true, ..Preflight::default() } };
     let mut problems = Vec::new();
     let mut reached = false;
+    let mut sized = std::collections::BTreeMap::new();
     for (robot, device) in &plant.devices {
         let login = device.login.as_deref().unwrap_or(robot);
         let Some(password) = &device.password else { continue };
@@ -31,7 +42,13 @@ pub async fn check_devices(api: &TwinzoApi, plant: &PlantConfig) -> (Vec<String>
             ));
             continue;
         }
-        match api.sectors(&token).await {
+        let sectors = api.sectors(&token).await;
+        for s in sectors.iter().flatten() {
+            if let (Some(w), Some(h)) = (s.sector_width, s.sector_height) {
+                sized.insert(s.id, (w, h));
+            }
+        }
+        match sectors {
             Ok(sectors) if sectors.iter().any(|s| s.id == device.sector) => {}
             Ok(sectors) => {
                 let ids: Vec<String> = sectors.iter().map(|s| s.id.to_string()).collect();
@@ -43,5 +60,6 @@ pub async fn check_devices(api: &TwinzoApi, plant: &PlantConfig) -> (Vec<String>
             Err(e) => problems.push(format!("{who}: cannot list sectors: {e}")),
         }
     }
-    (problems, reached)
+    let sectors = sized.into_iter().map(|(id, (w, h))| (id, w, h)).collect();
+    Preflight { problems, reached, sectors }
 }

@@ -1,7 +1,10 @@
-//! The operations endpoint: `/healthz` (the process is up), `/readyz` (sources connected,
-//! plugins loaded, Twinzo reachable) and `/metrics` (Prometheus text).
+//! The HTTP endpoint on `http.listen`: `/healthz` (the process is up), `/readyz` (sources
+//! connected, plugins loaded, Twinzo reachable), `/metrics` (Prometheus text), and the fleet
+//! view for operators: the live page at `/` and its JSON API under `/api/` (see [`api`]).
 
-use crate::runtime::HealthBoard;
+mod api;
+
+use crate::fleet::Fleet;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -12,7 +15,7 @@ use std::sync::Arc;
 
 #[derive(Clone)]
 struct AppState {
-    health: Arc<HealthBoard>,
+    fleet: Arc<Fleet>,
     metrics: PrometheusHandle,
 }
 
@@ -21,7 +24,7 @@ struct AppState {
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Binds `listen` and serves until the process ends.
-pub async fn serve(listen: SocketAddr, health: Arc<HealthBoard>, metrics: PrometheusHandle) -> anyhow::Result<()> {
+pub async fn serve(listen: SocketAddr, fleet: Arc<Fleet>, metrics: PrometheusHandle) -> anyhow::Result<()> {
     let upkeep = metrics.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(UPKEEP_EVERY);
@@ -34,11 +37,12 @@ pub async fn serve(listen: SocketAddr, health: Arc<HealthBoard>, metrics: Promet
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(render_metrics))
-        .with_state(AppState { health, metrics });
+        .merge(api::routes())
+        .with_state(AppState { fleet, metrics });
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (http.listen): {e}"))?;
-    tracing::info!(%listen, "HTTP endpoint: /healthz /readyz /metrics");
+    tracing::info!("fleet page on http://{listen}/ (also /api/status, /healthz, /readyz, /metrics)");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("HTTP endpoint stopped: {e}");
@@ -48,7 +52,7 @@ pub async fn serve(listen: SocketAddr, health: Arc<HealthBoard>, metrics: Promet
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let (ready, details) = state.health.readiness();
+    let (ready, details) = state.fleet.readiness();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(details))
 }
