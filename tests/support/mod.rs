@@ -2,6 +2,7 @@
 //! the `edge` binary are. Plugins must be built first (`scripts/build-plugins`; `scripts/test` does it).
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod mosquitto;
 pub mod mqtt;
 pub mod process;
@@ -9,6 +10,7 @@ pub mod proxy;
 pub mod tls;
 pub mod tmpfs;
 pub mod twinzo;
+pub mod webhook;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

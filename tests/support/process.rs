@@ -14,9 +14,15 @@ pub struct EdgeProcess {
 
 impl EdgeProcess {
     pub fn start(config: &Path) -> Self {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Starts with these environment variables set.
+    pub fn start_with_env(config: &Path, env: &[(&str, String)]) -> Self {
         let log = config.with_extension("log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_edge"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("run")
             .arg(config)
             .env("EDGE_LOG", std::env::var("TEST_EDGE_LOG").unwrap_or_else(|_| "info,rumqttd=warn,edge=debug".into()))
