@@ -53,7 +53,8 @@ fn edge_status(config: &Path, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-const DEVICE_STATES: &str = "JSON.stringify([...document.querySelectorAll('#devices tr[data-robot]')].map(r => r.dataset.state))";
+const DEVICE_STATES: &str =
+    "JSON.stringify([...document.querySelectorAll('#devices tr[data-robot]')].map(r => r.dataset.state))";
 const MARKERS: &str = "JSON.stringify([...document.querySelectorAll('svg.map g.device')].map(g => [g.dataset.robot, g.dataset.x, g.dataset.y]))";
 
 #[test]
@@ -91,7 +92,10 @@ fn the_live_page_shows_the_fleet_moving_and_a_stopped_feed_turns_stale() {
     assert!(browser.eval("document.getElementById('details').textContent").as_str().unwrap().contains("tugger-02"));
 
     // The feed stops (the simulator is taken out of the config): stale, on the page, live.
-    support::write_private(&config, std::fs::read_to_string(&config).unwrap().replace("simulator: { rate_hz: 10, formats: [edge-sim] }", ""));
+    support::write_private(
+        &config,
+        std::fs::read_to_string(&config).unwrap().replace("simulator: { rate_hz: 10, formats: [edge-sim] }", ""),
+    );
     browser.wait_until(
         "the three tuggers stale",
         Duration::from_secs(30),
@@ -168,7 +172,8 @@ plants:
 
     eventually("the conditions raised", Duration::from_secs(5), || {
         let events: Value = serde_json::from_str(&http_get(&addr, "/api/events").1).unwrap_or_default();
-        let kinds: Vec<&str> = events["conditions"].as_array().into_iter().flatten().filter_map(|c| c["kind"].as_str()).collect();
+        let kinds: Vec<&str> =
+            events["conditions"].as_array().into_iter().flatten().filter_map(|c| c["kind"].as_str()).collect();
         kinds.iter().filter(|k| **k == "device_error").count() == 2 && kinds.contains(&"unknown_robot")
     });
 
@@ -252,7 +257,8 @@ alerts:
 
     // The slow Slack receiver gets the same six, as text.
     eventually("the slow receiver served", Duration::from_secs(60), || {
-        let texts: Vec<String> = slack_hook.received().iter().filter_map(|b| b["text"].as_str().map(String::from)).collect();
+        let texts: Vec<String> =
+            slack_hook.received().iter().filter_map(|b| b["text"].as_str().map(String::from)).collect();
         texts.iter().filter(|t| t.contains("device_stale") && t.starts_with(":warning:")).count() == 3
             && texts.iter().filter(|t| t.contains("device_stale") && t.contains("resolved after")).count() == 3
     });
@@ -260,7 +266,9 @@ alerts:
     eventually("a fleet summary", Duration::from_secs(20), || {
         json_hook.received().iter().any(|b| b["type"] == "summary" && b["summary"]["plants"][0]["devices"] == 3)
     });
-    assert!(slack_hook.received().iter().any(|b| b["text"].as_str().is_some_and(|t| t.starts_with("edge fleet summary"))));
+    assert!(
+        slack_hook.received().iter().any(|b| b["text"].as_str().is_some_and(|t| t.starts_with("edge fleet summary")))
+    );
     // Webhook URLs carry their token: never in the log.
     assert!(!edge.log_text().contains(WebhookReceiver::TOKEN), "a webhook token reached the log");
 }

@@ -1,5 +1,6 @@
 //! `edge check`: every problem of a bad edge.yaml with its key path, exit 1, and never a
-//! secret in the output; a good file is summarised, its secrets still hidden.
+//! secret in the output; a good file is summarised, its secrets still hidden. And the local
+//! commands (`edge spool`) take the config as `edge run` does, without needing the secrets.
 
 mod support;
 
@@ -205,4 +206,68 @@ fn a_yaml_syntax_error_names_its_place_not_its_text() {
     for secret in [PASSWORD, API_KEY, &API_KEY[..12]] {
         assert!(!text.contains(secret), "a secret was printed:\n{text}");
     }
+}
+
+#[test]
+fn alert_rules_and_webhooks_are_checked_without_quoting_the_url() {
+    let yaml = r#"
+health: { stale_after_s: -1 }
+alerts:
+  rules:
+    device_stale: { threshold: 3 }
+    battery_low: { threshold: 20, severity: critical }
+    device_gone: { for_s: 5 }
+  webhooks:
+    - { url: "hooks.slack.example/T0/B0/XXsecretXX", format: slack }
+"#;
+    let (out, text) = check(yaml, &[]);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("health.stale_after_s"), "{text}");
+    assert!(text.contains("device_gone"), "an unknown kind is named: {text}");
+    assert!(!text.contains("XXsecretXX"), "the webhook URL carries its token:\n{text}");
+    let (out, text) = check(
+        r#"
+alerts:
+  rules: { device_stale: { threshold: 3 } }
+  webhooks: [{ url: "ftp://example/XXsecretXX" }]
+"#,
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("alerts.rules.device_stale.threshold: this kind takes no threshold"), "{text}");
+    assert!(text.contains("alerts.webhooks[0].url: must start with http"), "{text}");
+    assert!(!text.contains("XXsecretXX"), "{text}");
+}
+
+#[test]
+fn spool_commands_take_the_config_either_way_and_need_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.yaml");
+    let yaml = r#"
+plants:
+  - name: older
+    twinzo: { client: TVSMotor, api_key: "${UNSET_TWINZO_KEY}", branch: dcac4881-05ab-4f29-b0df-79c40df9c9c2 }
+    devices:
+      tug-133: { login: tugger-01, password: "${UNSET_TUG_PASSWORD}", sector: 1 }
+"#;
+    support::write_private(&path, yaml);
+    let cache = tempfile::tempdir().unwrap();
+    for form in [&["spool", "status"][..], &["spool", "status", "-c"], &["spool", "-c"]] {
+        let mut cmd = support::edge(cache.path());
+        cmd.args(form).arg(&path).env_remove("UNSET_TWINZO_KEY").env_remove("UNSET_TUG_PASSWORD");
+        if form.len() == 2 && form[1] == "-c" {
+            cmd.arg("status");
+        }
+        let out = cmd.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "edge {form:?} failed:\n{text}");
+        assert!(text.contains("older"), "{text}");
+    }
+    // Two different files named: refused, clearly.
+    let out = support::edge(cache.path()).args(["spool", "status", "other.yaml", "-c"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("two configuration files"));
+    // `edge run` still needs them.
+    let out = support::edge(cache.path()).arg("check").arg(&path).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UNSET_TUG_PASSWORD is not set"));
 }

@@ -130,13 +130,19 @@ fn ati_and_hitech_reach_their_plants() {
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["sources"]["ati"]["plugin"], "ati-sherpa@1.0.0");
     assert_eq!(http_get(&format!("127.0.0.1:{http}"), "/healthz").0, 200);
+    // The fleet view is judged once a second.
+    eventually("the robot not in the map listed with its 20 positions", Duration::from_secs(5), || {
+        let devices: Value =
+            serde_json::from_str(&http_get(&format!("127.0.0.1:{http}"), "/api/devices").1).unwrap_or_default();
+        devices["unknown"][0]["robot"] == "tug-999" && devices["unknown"][0]["positions"] == 20
+    });
 
     assert!(edge.stop().success());
     let log = edge.log_text();
     assert_eq!(
-        log.matches("robot is not in the plant's device map").count(),
+        log.matches("kind=\"unknown_robot\"").count(),
         1,
-        "unknown robots are logged once per interval:\n{log}"
+        "an unknown robot is one event, not a line per position:\n{log}"
     );
     assert!(
         log.contains("sector 2 is not in branch") && log.contains("never appear"),

@@ -3,6 +3,7 @@
 //! shared and noisy, so read the numbers as orders of magnitude. Results: docs/performance.md.
 
 use edge::config::{BatchingConfig, DeviceConfig, MotionConfig, PlantConfig};
+use edge::fleet::{Fleet, Judgement, PlantWatch};
 use edge::model::{Message, Position, TwinzoLocation};
 use edge::pipeline::{PlantPipeline, Transform};
 use edge::plugin::{PluginEngine, SandboxLimits};
@@ -133,4 +134,52 @@ fn main() {
             drop(black_box(spool.next_batch("tug-1", want).unwrap()))
         }),
     );
+
+    fleet_view();
+}
+
+/// The fleet view at a plant's scale: recording each message, and the once-a-second judgement
+/// of 1,000 devices (with their trails) into the view the page and the API serve.
+fn fleet_view() {
+    let watch = std::sync::Arc::new(PlantWatch::new("p", true));
+    let robots: Vec<String> = (0..1000).map(|i| format!("tug-{i:04}")).collect();
+    watch.set_devices(robots.iter().map(|r| (r, 1)));
+    let mut position: Position = serde_json::from_value(
+        serde_json::json!({"device_id": "tug-0000", "x": 1.0, "y": 2.0, "z": 0.0, "battery_percent": 80.0, "status": "fleet"}),
+    )
+    .unwrap();
+    let mut location = TwinzoLocation {
+        timestamp: 0,
+        sector_id: 1,
+        x: 1000.0,
+        y: 2000.0,
+        z: 0.0,
+        interval: 100,
+        battery: Some(80),
+        is_moving: true,
+        localization_areas: vec![],
+        no_go_areas: vec![],
+    };
+    let mut t = 1_700_000_000_000u64;
+    let mut i = 0usize;
+    report(
+        "fleet: record one message's position (1,000 devices)",
+        measure(200_000, || {
+            i = (i + 1) % robots.len();
+            t += 1;
+            position.device_id.clone_from(&robots[i]);
+            position.x += 0.01;
+            location.timestamp = t;
+            watch.heard("s", t, std::iter::once((&position, Some(&location))));
+        }),
+    );
+    let fleet = Fleet::new(Judgement::default());
+    fleet.set_plant(watch);
+    report("fleet: judge 1,000 devices into the view (once a second)", measure(20, || drop(black_box(fleet.tick()))));
+    let json = serde_json::to_vec(&*fleet.latest()).unwrap();
+    report(
+        "fleet: the view as JSON (one SSE event per client per second)",
+        measure(20, || drop(black_box(serde_json::to_vec(&*fleet.latest()).unwrap()))),
+    );
+    println!("{:<58} {:>12} bytes", "fleet: view of 1,000 devices with 20-point trails", json.len());
 }

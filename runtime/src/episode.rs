@@ -76,6 +76,12 @@ impl Episode {
         let current = self.current.take_if(|c| c.last.elapsed() >= self.quiet_for)?;
         Some(News::Ended { count: current.count, lasted: current.last - current.since })
     }
+
+    /// Ends the episode now: the caller saw the condition clear (a post went through).
+    pub fn end(&mut self) -> Option<News> {
+        let current = self.current.take()?;
+        Some(News::Ended { count: current.count, lasted: current.since.elapsed() })
+    }
 }
 
 #[cfg(test)]
@@ -94,5 +100,7 @@ mod tests {
         assert!(matches!(e.check_over(), Some(News::Ended { count: 7, .. })));
         assert!(!e.active());
         assert_eq!(e.occurred(), Some(News::Started), "a new episode");
+        assert!(matches!(e.end(), Some(News::Ended { count: 1, .. })), "ended by the caller");
+        assert_eq!(e.end(), None, "once");
     }
 }

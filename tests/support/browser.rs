@@ -37,20 +37,31 @@ impl Browser {
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
+            .stderr(std::fs::File::create(profile.path().join("chromium.log")).unwrap());
+        // SAFETY: only async-signal-safe calls (fcntl, dup2, close) between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(fd_in, 3) < 0 || libc::dup2(fd_out, 4) < 0 {
+                // Either pipe end may itself be fd 3 or 4: move both out of the way first.
+                let (high_in, high_out) =
+                    (libc::fcntl(fd_in, libc::F_DUPFD, 10), libc::fcntl(fd_out, libc::F_DUPFD, 10));
+                if high_in < 0 || high_out < 0 || libc::dup2(high_in, 3) < 0 || libc::dup2(high_out, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                libc::close(high_in);
+                libc::close(high_out);
                 Ok(())
             });
         }
         let child = command.spawn().unwrap();
         drop((their_in, their_out));
-        let mut browser =
-            Browser { child, commands, replies: BufReader::new(replies), session: String::new(), next_id: 0, _profile: profile };
+        let mut browser = Browser {
+            child,
+            commands,
+            replies: BufReader::new(replies),
+            session: String::new(),
+            next_id: 0,
+            _profile: profile,
+        };
         let target = browser.call("Target.createTarget", json!({ "url": url }), false);
         let target_id = target["targetId"].as_str().expect("a target id").to_string();
         let attached = browser.call("Target.attachToTarget", json!({ "targetId": target_id, "flatten": true }), false);
@@ -60,8 +71,7 @@ impl Browser {
 
     /// Evaluates `expression` in the page; its value as JSON.
     pub fn eval(&mut self, expression: &str) -> Value {
-        let reply =
-            self.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true }), true);
+        let reply = self.call("Runtime.evaluate", json!({ "expression": expression, "returnByValue": true }), true);
         assert!(reply.get("exceptionDetails").is_none(), "{expression} threw: {reply}");
         reply["result"]["value"].clone()
     }
@@ -84,11 +94,17 @@ impl Browser {
         }
         let mut bytes = serde_json::to_vec(&message).unwrap();
         bytes.push(0);
-        self.commands.write_all(&bytes).unwrap();
+        let gone = |browser: &Self| {
+            let log = std::fs::read_to_string(browser._profile.path().join("chromium.log")).unwrap_or_default();
+            format!("chromium closed the DevTools pipe; its log:\n{log}")
+        };
+        if self.commands.write_all(&bytes).is_err() {
+            panic!("{}", gone(self));
+        }
         loop {
             let mut raw = Vec::new();
-            let n = self.replies.read_until(0, &mut raw).unwrap();
-            assert!(n > 0, "chromium closed the DevTools pipe");
+            let n = self.replies.read_until(0, &mut raw).unwrap_or(0);
+            assert!(n > 0, "{}", gone(self));
             raw.pop();
             let reply: Value = serde_json::from_slice(&raw).unwrap();
             // Everything else is an event or another call's answer.

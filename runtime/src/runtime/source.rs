@@ -4,6 +4,7 @@
 
 use super::plant::{PlantInput, PlantMsg};
 use crate::config::SourceConfig;
+use crate::episode::{Episode, News};
 use crate::fleet::{PluginLabel, SourceWatch};
 use crate::pipeline::Transform;
 use crate::plugin::{CallError, LoadedPlugin, PluginInstance};
@@ -198,31 +199,35 @@ fn worker(source: Arc<str>, mut rx: mpsc::Receiver<Inbound>, route: Arc<ArcSwapO
     }
 }
 
-/// One log line per kind and cause of plugin error per minute (a deadline and a panic are
-/// both traps, but different news), with the count of the rest.
+/// Plugin errors as episodes, one per kind and cause (a deadline and a panic are both traps,
+/// but different news): a line when one starts, then one a minute with the count since.
 #[derive(Default)]
 struct ErrorLog {
-    last: std::collections::HashMap<(&'static str, String), (Instant, u64)>,
+    episodes: std::collections::HashMap<(&'static str, String), Episode>,
 }
 
-/// Distinct causes remembered; beyond it, causes share one line per kind.
+/// Distinct causes remembered; beyond it, causes share one episode per kind.
 const MAX_CAUSES: usize = 64;
+/// While errors of one kind and cause go on, a line this often.
+const ERRORS_EVERY: Duration = Duration::from_secs(60);
 
 impl ErrorLog {
     fn report(&mut self, source: &str, plugin: &str, topic: &str, error: &CallError) {
         let cause: String = error.detail().split(':').next().unwrap_or("").chars().take(40).collect();
-        let key = if self.last.len() < MAX_CAUSES || self.last.contains_key(&(error.kind(), cause.clone())) {
+        let key = if self.episodes.len() < MAX_CAUSES || self.episodes.contains_key(&(error.kind(), cause.clone())) {
             (error.kind(), cause)
         } else {
             (error.kind(), String::new())
         };
-        let entry = self.last.entry(key).or_insert((Instant::now() - Duration::from_secs(3600), 0));
-        if entry.0.elapsed() < Duration::from_secs(60) {
-            entry.1 += 1;
-            return;
-        }
+        let episode = self.episodes.entry(key).or_insert_with(|| Episode::new(ERRORS_EVERY, ERRORS_EVERY));
+        // A quiet minute ends the episode: the next error is news again.
+        episode.check_over();
+        let similar_since_last = match episode.occurred() {
+            Some(News::Started) => 0,
+            Some(News::Ongoing { recent, .. }) => recent - 1,
+            _ => return,
+        };
         let topic = crate::text::sanitize(topic, 120);
-        tracing::warn!(source, plugin, %topic, kind = error.kind(), similar_since_last = entry.1, "message dropped: {error}");
-        *entry = (Instant::now(), 0);
+        tracing::warn!(source, plugin, %topic, kind = error.kind(), similar_since_last, "message dropped: {error}");
     }
 }

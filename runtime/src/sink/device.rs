@@ -9,6 +9,7 @@ use super::twinzo::TwinzoDevice;
 use super::{Backlog, DryRun};
 use crate::backoff::Backoff;
 use crate::config::BatchingConfig;
+use crate::episode::{Episode, News};
 use crate::fleet::PlantWatch;
 use crate::model::TwinzoLocation;
 use crate::spool::{BatchRequest, Row, Spool, SpoolError};
@@ -23,6 +24,8 @@ const POLL: Duration = Duration::from_secs(5);
 const LAST_POST: Duration = Duration::from_secs(3);
 /// While the plant takes a backlog, a device's newest position is posted this often.
 const BACKLOG_CADENCE: Duration = Duration::from_secs(1);
+/// While posts keep failing, a reminder this often.
+const STILL_FAILING_EVERY: Duration = Duration::from_secs(600);
 /// Longest wait a `Retry-After` is followed for; a longer one is capped.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -92,7 +95,8 @@ pub struct DeviceWorker {
     poster: Poster,
     pacing: Pacing,
     retry: Backoff,
-    failing_since: Option<(tokio::time::Instant, u64)>,
+    /// Posts failing, as one episode: a warning, a reminder every 10 minutes, a recovery line.
+    failing: Episode,
     /// Where the worker reports how posting goes (Twinzo reachable, last result per device).
     watch: Arc<PlantWatch>,
     backlog: Arc<Backlog>,
@@ -101,8 +105,8 @@ pub struct DeviceWorker {
     /// Delivered positions the spool could not forget yet (a full disk): forgotten before
     /// anything is posted again, so they are not posted twice.
     delivered_not_removed: Vec<i64>,
-    /// Spool errors in a row, to log the first and then one in a while.
-    spool_failures: u64,
+    /// Spool errors, as one episode: a line at the first, one a minute, one when it works again.
+    spool_trouble: Episode,
 }
 
 /// What to do after one post.
@@ -139,12 +143,12 @@ impl DeviceWorker {
             poster,
             pacing,
             retry: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
-            failing_since: None,
+            failing: Episode::new(STILL_FAILING_EVERY, Duration::MAX),
             watch,
             backlog,
             posted_up_to: None,
             delivered_not_removed: Vec::new(),
-            spool_failures: 0,
+            spool_trouble: Episode::new(Duration::from_secs(60), Duration::MAX),
         };
         (DeviceHandle { wake, stop: stop_tx }, worker)
     }
@@ -179,16 +183,14 @@ impl DeviceWorker {
     async fn post_once(&mut self) -> Next {
         match self.try_post().await {
             Ok(next) => {
-                if std::mem::take(&mut self.spool_failures) > 0 {
-                    tracing::info!(plant = %self.plant, robot = %self.robot, "the spool works again");
+                if let Some(News::Ended { count, .. }) = self.spool_trouble.end() {
+                    tracing::info!(plant = %self.plant, robot = %self.robot, failures = count, "the spool works again");
                 }
                 next
             }
             Err(e) => {
-                self.spool_failures += 1;
-                if self.spool_failures % 60 == 1 {
-                    let failures = self.spool_failures;
-                    tracing::error!(plant = %self.plant, robot = %self.robot, failures, "cannot use the spool, trying again every second: {e}");
+                if let Some(News::Started | News::Ongoing { .. }) = self.spool_trouble.occurred() {
+                    tracing::error!(plant = %self.plant, robot = %self.robot, "cannot use the spool, trying again every second: {e}");
                 }
                 Next::After(Duration::from_secs(1))
             }
@@ -310,12 +312,12 @@ impl DeviceWorker {
             .increment(n as u64);
         crate::stats::STATS.posted.fetch_add(n as u64, Relaxed);
         self.retry.reset();
-        if let Some((since, failures)) = self.failing_since.take() {
-            tracing::info!(plant = %self.plant, robot = %self.robot, failures, after = ?since.elapsed(), "posting to Twinzo works again");
+        if let Some(News::Ended { count, lasted }) = self.failing.end() {
+            tracing::info!(plant = %self.plant, robot = %self.robot, failures = count, after = ?lasted, "posting to Twinzo works again");
         }
     }
 
-    // The first failure of a run is a warning, repeats are debug lines: a Twinzo outage
+    // The first failure of a run is a warning, then a reminder now and then: a Twinzo outage
     // gives one line per device, not one per retry.
     fn failed(&mut self, reason: &'static str, detail: &str, permanent: bool) {
         // A refusal is an answer: Twinzo is reachable. Everything else counts as unreachable.
@@ -324,20 +326,19 @@ impl DeviceWorker {
         crate::stats::STATS.post_failures.fetch_add(1, Relaxed);
         metrics::counter!("edge_post_failures_total", "plant" => self.plant.clone(), "device" => self.robot.clone(), "reason" => reason).increment(1);
         let (robot, plant) = (&self.robot, &self.plant);
-        match &mut self.failing_since {
-            Some((_, failures)) => {
-                *failures += 1;
-                tracing::debug!(%plant, %robot, reason, "posting failed again: {detail}");
-            }
-            None => {
+        match self.failing.occurred() {
+            Some(News::Started) => {
                 let what = if permanent {
                     "Twinzo rejected a batch (dead-lettered, see `edge spool dead`)"
                 } else {
                     "posting to Twinzo failed; positions stay in the spool and are retried with backoff"
                 };
                 tracing::warn!(%plant, %robot, reason, "{what}: {detail}");
-                self.failing_since = Some((tokio::time::Instant::now(), 1));
             }
+            Some(News::Ongoing { count, lasted, .. }) => {
+                tracing::warn!(%plant, %robot, reason, failures = count, since = ?lasted, "posting to Twinzo still fails: {detail}");
+            }
+            _ => tracing::debug!(%plant, %robot, reason, "posting failed again: {detail}"),
         }
     }
 }
