@@ -70,10 +70,6 @@ struct TopLevel {
     sandbox: SandboxConfig,
     #[serde(default)]
     spool: SpoolConfig,
-    #[serde(default)]
-    health: HealthConfig,
-    #[serde(default)]
-    alerts: AlertsConfig,
     embedded_broker: Option<EmbeddedBrokerConfig>,
     simulator: Option<SimulatorConfig>,
     #[serde(default)]

@@ -19,6 +19,8 @@ pub(super) fn build(mut root: Value, base: &Path, errors: &mut Vec<ConfigError>)
         .enumerate()
         .filter_map(|(i, v)| plant(v, &format!("plants[{i}]"), errors).map(|p| (format!("plants[{i}]"), p)))
         .collect();
+    let health: HealthConfig = section(&mut root, "health", errors);
+    let alerts: AlertsConfig = section(&mut root, "alerts", errors);
     let (source_paths, sources): (Vec<String>, Vec<SourceConfig>) = sources.into_iter().unzip();
     let (plant_paths, plants): (Vec<String>, Vec<PlantConfig>) = plants.into_iter().unzip();
     // With a problem at the top, carry on with defaults to find the problems below it.
@@ -31,8 +33,8 @@ pub(super) fn build(mut root: Value, base: &Path, errors: &mut Vec<ConfigError>)
         summary_interval: Duration::from_secs(top.summary_interval_s.max(1)),
         sandbox: top.sandbox,
         spool: top.spool,
-        health: top.health,
-        alerts: top.alerts,
+        health,
+        alerts,
         embedded_broker: top.embedded_broker,
         simulator: top.simulator,
         sources,
@@ -66,7 +68,7 @@ fn typed<T: DeserializeOwned>(value: Value, path: &str, errors: &mut Vec<ConfigE
 
 /// serde quotes the offending value in its messages; never for a secret's key.
 fn redact_if_secret(path: &str, message: String) -> String {
-    let secret = ["password", "api_key", "token", "secret"].iter().any(|k| path.contains(k));
+    let secret = ["password", "api_key", "token", "secret", "webhooks"].iter().any(|k| path.contains(k));
     if !secret {
         return message;
     }
@@ -95,6 +97,15 @@ fn list(root: &mut Value, key: &str, errors: &mut Vec<ConfigError>) -> Vec<Value
             errors.push(ConfigError::new(key, "expected a list"));
             Vec::new()
         }
+    }
+}
+
+/// Takes the top-level section `key` out of `root` and reads it on its own (its default when
+/// absent or wrong), so that a problem elsewhere does not hide its problems.
+fn section<T: DeserializeOwned + Default>(root: &mut Value, key: &str, errors: &mut Vec<ConfigError>) -> T {
+    match root.as_object_mut().and_then(|m| m.remove(key)) {
+        None | Some(Value::Null) => T::default(),
+        Some(value) => typed(value, key, errors).unwrap_or_default(),
     }
 }
 
