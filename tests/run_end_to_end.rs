@@ -136,6 +136,10 @@ fn ati_and_hitech_reach_their_plants() {
             serde_json::from_str(&http_get(&format!("127.0.0.1:{http}"), "/api/devices").1).unwrap_or_default();
         devices["unknown"][0]["robot"] == "tug-999" && devices["unknown"][0]["positions"] == 20
     });
+    // The map's sector outline comes from the sizes Twinzo lists for the branch.
+    let plants: Value = serde_json::from_str(&http_get(&format!("127.0.0.1:{http}"), "/api/plants").1).unwrap();
+    assert_eq!(plants["plants"][1]["name"], "older");
+    assert_eq!(plants["plants"][1]["sectors"][0], serde_json::json!([1, 265337.97, 265337.97]), "{plants}");
 
     assert!(edge.stop().success());
     let log = edge.log_text();

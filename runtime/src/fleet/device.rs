@@ -148,7 +148,8 @@ impl DeviceWatch {
             if v.trail.len() == TRAIL_POINTS {
                 v.trail.remove(0);
             }
-            v.trail.push([location.x, location.y]);
+            // Millimetres are plenty for a map, and keep the view small.
+            v.trail.push([location.x.round(), location.y.round()]);
         }
     }
 
