@@ -110,18 +110,7 @@ fn main() {
         DiskLimits { hard_cap_bytes: None, min_free_bytes: 64 << 20 },
     )
     .unwrap();
-    let location = TwinzoLocation {
-        timestamp: 1,
-        sector_id: 1,
-        x: 1.0,
-        y: 2.0,
-        z: 0.0,
-        interval: 100,
-        battery: Some(80),
-        is_moving: true,
-        localization_areas: vec![],
-        no_go_areas: vec![],
-    };
+    let location = location();
     let one = vec![("tug-133".to_string(), location.clone())];
     let group: Vec<(String, TwinzoLocation)> = (0..256).map(|i| (format!("tug-{}", i % 8), location.clone())).collect();
     report("spool: durable append, 1 position per transaction", measure(50, || spool.append(&one).unwrap()));
@@ -138,6 +127,22 @@ fn main() {
     fleet_view();
 }
 
+/// A plain moving location with a battery.
+fn location() -> TwinzoLocation {
+    TwinzoLocation {
+        timestamp: 1,
+        sector_id: 1,
+        x: 1.0,
+        y: 2.0,
+        z: 0.0,
+        interval: 100,
+        battery: Some(80),
+        is_moving: true,
+        localization_areas: vec![],
+        no_go_areas: vec![],
+    }
+}
+
 /// The fleet view at a plant's scale: recording each message, and the once-a-second judgement
 /// of 1,000 devices (with their trails) into the view the page and the API serve.
 fn fleet_view() {
@@ -148,18 +153,7 @@ fn fleet_view() {
         serde_json::json!({"device_id": "tug-0000", "x": 1.0, "y": 2.0, "z": 0.0, "battery_percent": 80.0, "status": "fleet"}),
     )
     .unwrap();
-    let mut location = TwinzoLocation {
-        timestamp: 0,
-        sector_id: 1,
-        x: 1000.0,
-        y: 2000.0,
-        z: 0.0,
-        interval: 100,
-        battery: Some(80),
-        is_moving: true,
-        localization_areas: vec![],
-        no_go_areas: vec![],
-    };
+    let mut location = location();
     let mut t = 1_700_000_000_000u64;
     let mut i = 0usize;
     report(
