@@ -516,11 +516,25 @@ fn fill_then_drain(h: Harness, full_line: &str, fault: &str) {
     h.twinzo.go_down();
     let traffic = h.stream(3000, 500.0, 0);
     support::process::eventually("the spool to fill", SETTLE, || h.edge().log_text().contains(full_line));
+    // The operator sees it: the plant's spool problem, and a critical condition.
+    let unwritable = || {
+        let (_, body) = support::process::http_get(&h.http_addr(), "/api/status");
+        let view: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let problem = view["plants"][0]["spool_problem"].is_string();
+        let condition = view["conditions"].as_array().into_iter().flatten().any(|c| c["kind"] == "spool_unwritable");
+        (problem, condition)
+    };
+    support::process::eventually("the fleet view to show the spool unwritable", Duration::from_secs(5), || {
+        unwritable() == (true, true)
+    });
     pause(1000);
     h.twinzo.come_back();
     traffic.join().unwrap();
     h.settle();
     h.edge().wait_for_log("spool writable again", Duration::from_secs(20));
+    support::process::eventually("the spool problem cleared", Duration::from_secs(5), || {
+        unwritable() == (false, false)
+    });
     h.finish(fault, "until drained").print();
 }
 

@@ -199,6 +199,20 @@ plants:
     });
     assert_eq!(edge_status(&config, &[]).0, 0);
 
+    // --watch redraws until interrupted.
+    let watching = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["status", "--watch", "--interval", "0.3", "-c"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    unsafe { libc::kill(watching.id() as i32, libc::SIGINT) };
+    let out = watching.wait_with_output().unwrap();
+    let draws = String::from_utf8_lossy(&out.stdout).matches("edge at http").count();
+    assert!(draws >= 3, "--watch drew {draws} times in 1.5 s");
+    assert_eq!(out.status.code(), Some(0), "interrupted while healthy");
+
     edge.stop();
     let (code, _) = edge_status(&config, &[]);
     assert_eq!(code, 2, "edge is not running: unreachable");

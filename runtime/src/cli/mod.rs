@@ -37,14 +37,17 @@ enum LogFormat {
 enum Command {
     /// Run the configuration: MQTT in, plugins, Twinzo out, with hot reload.
     Run {
-        /// The configuration file.
-        #[arg(default_value = "edge.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        flag: ConfigFlag,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Validate a configuration without connecting anywhere.
     Check {
-        #[arg(default_value = "edge.yaml")]
-        config: PathBuf,
+        #[command(flatten)]
+        flag: ConfigFlag,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Publish a simulated fleet to an MQTT broker.
     Sim(run::SimArgs),
@@ -64,8 +67,8 @@ pub fn main() -> ExitCode {
     init_logging(cli.log_format);
     let cache_dir = if cli.no_cache { None } else { cli.cache_dir.clone().or_else(default_cache_dir) };
     let result = match cli.command {
-        Command::Run { config } => run::run(&config),
-        Command::Check { config } => run::check(&config),
+        Command::Run { flag, config } => flag.resolve(&config).and_then(|path| run::run(&path)),
+        Command::Check { flag, config } => flag.resolve(&config).and_then(|path| run::check(&path)),
         Command::Sim(args) => run::sim(args),
         Command::Status(args) => status::run(args),
         Command::Spool(args) => spool::run(args),

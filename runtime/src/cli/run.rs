@@ -67,7 +67,7 @@ pub struct SimArgs {
     #[arg(long = "format", value_parser = parse_format)]
     formats: Vec<SimFormat>,
     /// Robots from a simulator section of this config file instead of the default three.
-    #[arg(long)]
+    #[arg(long, short = 'c')]
     config: Option<PathBuf>,
 }
 
@@ -83,7 +83,8 @@ pub fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
     // Command-line values win over the config file's, which win over the defaults.
     let (mut sim, config_broker): (SimulatorConfig, _) = match &args.config {
         Some(path) => {
-            let config = config::load(path)?.config;
+            // The simulator needs none of the config's secrets.
+            let config = config::load_local(path)?.config;
             let broker = config.simulator_broker();
             let sim = config.simulator.ok_or_else(|| anyhow::anyhow!("{} has no simulator section", path.display()))?;
             (sim, broker)

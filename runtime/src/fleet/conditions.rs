@@ -27,6 +27,8 @@ pub enum Kind {
     PlantDown,
     /// A plant's spool above the rule's `threshold` percent of `spool.max_mb`.
     SpoolFilling,
+    /// A plant's spool cannot be written (a full disk): intake is held, the broker keeps the rest.
+    SpoolUnwritable,
     /// A plant's dead letters grew in the last 5 minutes.
     DeadLetters,
     /// A robot heard that the plant's device map does not name.
@@ -34,7 +36,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::DeviceStale,
         Kind::DeviceError,
         Kind::BatteryLow,
@@ -43,6 +45,7 @@ impl Kind {
         Kind::TwinzoFailing,
         Kind::PlantDown,
         Kind::SpoolFilling,
+        Kind::SpoolUnwritable,
         Kind::DeadLetters,
         Kind::UnknownRobot,
     ];
@@ -57,6 +60,7 @@ impl Kind {
             Kind::TwinzoFailing => "twinzo_failing",
             Kind::PlantDown => "plant_down",
             Kind::SpoolFilling => "spool_filling",
+            Kind::SpoolUnwritable => "spool_unwritable",
             Kind::DeadLetters => "dead_letters",
             Kind::UnknownRobot => "unknown_robot",
         }
@@ -73,6 +77,7 @@ impl Kind {
             Kind::TwinzoFailing => (60, Severity::Critical, None),
             Kind::PlantDown => (0, Severity::Critical, None),
             Kind::SpoolFilling => (0, Severity::Warning, Some(80.0)),
+            Kind::SpoolUnwritable => (0, Severity::Critical, None),
             Kind::DeadLetters => (0, Severity::Warning, None),
             Kind::UnknownRobot => (0, Severity::Info, None),
         };

@@ -327,6 +327,9 @@ impl Judged {
                 let why = if p.tokens == "failing" { "devices cannot sign in" } else { "Twinzo unreachable" };
                 hold(Kind::TwinzoFailing, p.name.clone(), format!("posts failing: {why}"));
             }
+            if let Some(why) = &p.spool_problem {
+                hold(Kind::SpoolUnwritable, p.name.clone(), format!("cannot write the spool, intake held: {why}"));
+            }
             let full = rules.threshold(Kind::SpoolFilling);
             if p.spool_percent > full {
                 hold(Kind::SpoolFilling, p.name.clone(), format!("spool at {:.0} % of spool.max_mb", p.spool_percent));

@@ -64,6 +64,8 @@ struct PlantState {
     spool_queued: u64,
     spool_dead: u64,
     spool_percent: f64,
+    /// Why the spool cannot be written, while it cannot (intake is held meanwhile).
+    spool_trouble: Option<String>,
 }
 
 /// A robot heard that the plant's device map does not name (`/api/status` `unknown`).
@@ -98,6 +100,8 @@ pub struct PlantView {
     pub spool_dead: u64,
     /// Queued bytes as a share of `spool.max_mb`.
     pub spool_percent: f64,
+    /// Why the spool cannot be written, while it cannot (intake is held meanwhile).
+    pub spool_problem: Option<String>,
     pub devices: usize,
     /// Sector outlines (id, width mm, height mm) where Twinzo listed them.
     pub sectors: Vec<(i64, f64, f64)>,
@@ -177,6 +181,10 @@ impl PlantWatch {
         state.spool_percent = bytes as f64 * 100.0 / max_bytes.max(1) as f64;
     }
 
+    pub fn set_spool_trouble(&self, why: Option<String>) {
+        self.state().spool_trouble = why;
+    }
+
     /// Once a second: updates every device; returns the plant's view, its devices' and its
     /// unknown robots.
     pub fn tick(
@@ -215,6 +223,7 @@ impl PlantWatch {
             spool_queued: state.spool_queued,
             spool_dead: state.spool_dead,
             spool_percent: state.spool_percent,
+            spool_problem: state.spool_trouble.clone(),
             devices: devices.len(),
             sectors: state.sectors.iter().map(|(id, (w, h))| (*id, *w, *h)).collect(),
         };
@@ -238,6 +247,7 @@ impl PlantView {
             spool_queued: 0,
             spool_dead: 0,
             spool_percent: 0.0,
+            spool_problem: None,
             devices: 0,
             sectors: Vec::new(),
         }

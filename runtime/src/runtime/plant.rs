@@ -160,7 +160,7 @@ async fn run(mut plant: PlantState, mut rx: mpsc::Receiver<PlantMsg>) {
             },
             _ = enforce.tick() => {
                 enforce_limits(&plant.spool, &plant.limits, &plant.sink.watch).await;
-                batch.trouble_over(plant.pipeline.name());
+                batch.trouble_over(&plant.sink.watch);
                 plant.report_backlog(0, None);
                 continue;
             }
@@ -346,12 +346,12 @@ impl Batch {
                         metrics::histogram!("edge_spool_write_seconds", "plant" => name.to_string())
                             .record(started.elapsed().as_secs_f64());
                         metrics::counter!("edge_positions_spooled_total", "plant" => name.to_string()).increment(count);
-                        self.trouble_over(name);
+                        self.trouble_over(&plant.sink.watch);
                         break;
                     }
                     Err(e) => {
                         metrics::counter!("edge_spool_write_failures_total", "plant" => name.to_string()).increment(1);
-                        self.write_failed(name, &e);
+                        self.write_failed(&plant.sink.watch, &e);
                         tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
@@ -366,12 +366,16 @@ impl Batch {
         }
     }
 
-    fn write_failed(&mut self, plant: &str, error: &crate::spool::SpoolError) {
+    fn write_failed(&mut self, watch: &PlantWatch, error: &crate::spool::SpoolError) {
+        let plant = watch.name.as_str();
         match self.trouble.occurred() {
-            Some(News::Started) => tracing::error!(
-                plant,
-                "cannot write the spool; holding intake (nothing is acknowledged until it is written): {error}"
-            ),
+            Some(News::Started) => {
+                tracing::error!(
+                    plant,
+                    "cannot write the spool; holding intake (nothing is acknowledged until it is written): {error}"
+                );
+                watch.set_spool_trouble(Some(error.to_string()));
+            }
             Some(News::Ongoing { count, lasted, .. }) => tracing::error!(
                 plant,
                 failures = count,
@@ -383,9 +387,10 @@ impl Batch {
     }
 
     /// Ends the write-failure episode once writes have worked for a while.
-    fn trouble_over(&mut self, plant: &str) {
+    fn trouble_over(&mut self, watch: &PlantWatch) {
         if let Some(News::Ended { count, lasted }) = self.trouble.check_over() {
-            tracing::info!(plant, failures = count, after = ?lasted, "spool writable again");
+            tracing::info!(plant = %watch.name, failures = count, after = ?lasted, "spool writable again");
+            watch.set_spool_trouble(None);
         }
     }
 }
