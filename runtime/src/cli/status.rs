@@ -109,13 +109,13 @@ fn render(url: &str, v: &FleetView) -> String {
         "PLANT", "STATE", "TWINZO", "TOKENS", "POSTED/S", "QUEUED", "DEAD"
     );
     for p in &v.plants {
-        let state = if p.dry_run { "dry-run" } else { &p.state };
+        let state = if p.dry_run { "dry-run".to_string() } else { word(p.state) };
         let _ = writeln!(
             out,
             "{:<16} {state:<8} {:<16} {:<8} {:>9.1} {:>8} {:>6}  {}{}",
             p.name,
-            p.twinzo,
-            p.tokens,
+            word(p.twinzo),
+            word(p.tokens),
             p.posted_per_s,
             p.spool_queued,
             p.spool_dead,
@@ -148,7 +148,7 @@ fn render(url: &str, v: &FleetView) -> String {
         "DEVICE", "STATE", "HEARD", "BATTERY", "STATUS", "MSG/S", "LAST POST", "QUEUED", "DEAD"
     );
     for d in &v.devices {
-        let state = d.state.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_default();
+        let state = d.state.map(word).unwrap_or_default();
         let post = d.last_post.as_ref().map(|p| format!("{} {}", p.outcome, ago(Some(p.at_ms))));
         let _ = writeln!(
             out,
@@ -198,6 +198,11 @@ fn render(url: &str, v: &FleetView) -> String {
         );
     }
     out
+}
+
+/// A state as the API spells it.
+fn word(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 #[cfg(test)]

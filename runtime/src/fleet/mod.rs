@@ -10,7 +10,7 @@ mod source;
 
 pub use conditions::{ActiveCondition, Event, EventState, Kind, Rule, Rules, Severity};
 pub use device::{DeviceState, DeviceView, PostView, Utilisation};
-pub use plant::{PlantView, PlantWatch, Reachability, UnknownRobot};
+pub use plant::{PlantState, PlantView, PlantWatch, Reachability, TokenState, TwinzoState, UnknownRobot};
 pub use source::{PluginLabel, SourceView, SourceWatch};
 
 use conditions::{Conditions, EventLog, Observed};
@@ -221,11 +221,11 @@ impl Fleet {
             let (state, problem) = match plant {
                 PlantPart::Running(watch) => {
                     ready &= watch.reach.get() == Some(true);
-                    (watch.reach.word(), None)
+                    (watch.reach.state(), None)
                 }
                 PlantPart::Down(why) => {
                     ready = false;
-                    ("not running", Some(why.clone()))
+                    (TwinzoState::NotRunning, Some(why.clone()))
                 }
             };
             plants.insert(name.clone(), json!({ "twinzo": state, "problem": problem }));
@@ -263,88 +263,90 @@ pub fn log_event(e: &Event) {
 impl Judged {
     /// The conditions that hold in `view`.
     fn observe(&mut self, view: &FleetView, now_ms: u64, rules: &Rules) -> Vec<Observed> {
-        let mut observed = Vec::new();
-        let mut hold =
-            |kind: Kind, subject: String, message: String| observed.push(Observed { kind, subject, message });
-        for d in &view.devices {
-            let subject = format!("{}/{}", d.plant, d.robot);
-            match d.state {
-                Some(DeviceState::Stale) => hold(
-                    Kind::DeviceStale,
-                    subject.clone(),
-                    format!(
-                        "not heard for {:.0} s",
-                        now_ms.saturating_sub(d.last_received_ms.unwrap_or(0)) as f64 / 1000.0
-                    ),
-                ),
-                Some(DeviceState::Error) => {
-                    hold(Kind::DeviceError, subject.clone(), d.error.clone().unwrap_or_else(|| "disabled".into()))
-                }
-                _ => {}
-            }
-            let low = rules.threshold(Kind::BatteryLow);
-            if let Some(battery) =
-                d.battery_percent.filter(|b| f64::from(*b) < low && d.state != Some(DeviceState::Stale))
-            {
-                hold(Kind::BatteryLow, subject, format!("battery at {battery:.0} % (below {low:.0} %)"));
-            }
-        }
-        for u in view.unknown.iter().filter(|u| now_ms.saturating_sub(u.last_heard_ms) < UNKNOWN_HEARD_FOR_MS) {
-            let message = format!("heard from source {} but not in the plant's device map", u.source);
-            hold(Kind::UnknownRobot, format!("{}/{}", u.plant, u.robot), message);
-        }
+        let mut held = Vec::new();
+        observe_devices(view, now_ms, rules, &mut held);
+        self.observe_sources(view, rules, &mut held);
+        self.observe_plants(view, now_ms, rules, &mut held);
+        held
+    }
+
+    fn observe_sources(&mut self, view: &FleetView, rules: &Rules, held: &mut Vec<Observed>) {
         for s in &view.sources {
             if let Some(why) = &s.subscription_error {
-                hold(Kind::SourceDown, s.name.clone(), format!("subscription refused: {why}"));
+                hold(held, Kind::SourceDown, &s.name, format!("subscription refused: {why}"));
             } else if !s.connected && s.plugin.is_some() {
-                hold(Kind::SourceDown, s.name.clone(), "not connected to its broker".into());
+                hold(held, Kind::SourceDown, &s.name, "not connected to its broker".into());
             }
             let window = self.calls.entry(s.name.clone()).or_default();
-            let errors: u64 = s.errors.values().sum();
             if window.len() == ERROR_SHARE_WINDOW {
                 window.pop_front();
             }
-            window.push_back((s.calls, errors));
+            window.push_back((s.calls, s.errors.values().sum()));
             let (calls0, errors0) = window.front().copied().unwrap_or_default();
+            let errors = window.back().map_or(0, |w| w.1);
             let share = (errors - errors0) as f64 / (s.calls - calls0).max(1) as f64;
-            let limit = rules.threshold(Kind::PluginFailing);
             if let Some(problem) = &s.plugin_problem {
-                hold(Kind::PluginFailing, s.name.clone(), problem.clone());
-            } else if s.calls > calls0 && share > limit {
-                hold(
-                    Kind::PluginFailing,
-                    s.name.clone(),
-                    format!("{:.0} % of calls failed in the last minute", share * 100.0),
-                );
+                hold(held, Kind::PluginFailing, &s.name, problem.clone());
+            } else if s.calls > calls0 && share > rules.threshold(Kind::PluginFailing) {
+                let message = format!("{:.0} % of calls failed in the last minute", share * 100.0);
+                hold(held, Kind::PluginFailing, &s.name, message);
             }
         }
+    }
+
+    fn observe_plants(&mut self, view: &FleetView, now_ms: u64, rules: &Rules, held: &mut Vec<Observed>) {
         for p in &view.plants {
-            if p.state == "down" {
-                hold(Kind::PlantDown, p.name.clone(), p.problem.clone().unwrap_or_default());
+            if p.state == PlantState::Down {
+                hold(held, Kind::PlantDown, &p.name, p.problem.clone().unwrap_or_default());
                 continue;
             }
-            if p.twinzo == "unreachable" || p.tokens == "failing" {
-                let why = if p.tokens == "failing" { "devices cannot sign in" } else { "Twinzo unreachable" };
-                hold(Kind::TwinzoFailing, p.name.clone(), format!("posts failing: {why}"));
+            if p.tokens == TokenState::Failing {
+                hold(held, Kind::TwinzoFailing, &p.name, "posts failing: devices cannot sign in".into());
+            } else if p.twinzo == TwinzoState::Unreachable {
+                hold(held, Kind::TwinzoFailing, &p.name, "posts failing: Twinzo unreachable".into());
             }
             if let Some(why) = &p.spool_problem {
-                hold(Kind::SpoolUnwritable, p.name.clone(), format!("cannot write the spool, intake held: {why}"));
+                hold(held, Kind::SpoolUnwritable, &p.name, format!("cannot write the spool, intake held: {why}"));
             }
-            let full = rules.threshold(Kind::SpoolFilling);
-            if p.spool_percent > full {
-                hold(Kind::SpoolFilling, p.name.clone(), format!("spool at {:.0} % of spool.max_mb", p.spool_percent));
+            if p.spool_percent > rules.threshold(Kind::SpoolFilling) {
+                hold(held, Kind::SpoolFilling, &p.name, format!("spool at {:.0} % of spool.max_mb", p.spool_percent));
             }
             let (seen, grew_at) = self.dead.get(&p.name).copied().unwrap_or((p.spool_dead, 0));
             let grew_at = if p.spool_dead > seen { now_ms } else { grew_at };
             self.dead.insert(p.name.clone(), (p.spool_dead, grew_at));
             if grew_at > 0 && now_ms - grew_at < DEAD_LETTERS_GREW_FOR_MS {
-                hold(
-                    Kind::DeadLetters,
-                    p.name.clone(),
-                    format!("{} dead letters (see `edge spool dead`)", p.spool_dead),
-                );
+                let message = format!("{} dead letters (see `edge spool dead`)", p.spool_dead);
+                hold(held, Kind::DeadLetters, &p.name, message);
             }
         }
-        observed
     }
+}
+
+fn observe_devices(view: &FleetView, now_ms: u64, rules: &Rules, held: &mut Vec<Observed>) {
+    let low = rules.threshold(Kind::BatteryLow);
+    for d in &view.devices {
+        let subject = format!("{}/{}", d.plant, d.robot);
+        match d.state {
+            Some(DeviceState::Stale) => {
+                let silent_s = now_ms.saturating_sub(d.last_received_ms.unwrap_or(0)) as f64 / 1000.0;
+                hold(held, Kind::DeviceStale, &subject, format!("not heard for {silent_s:.0} s"));
+            }
+            Some(DeviceState::Error) => {
+                hold(held, Kind::DeviceError, &subject, d.error.clone().unwrap_or_else(|| "disabled".into()))
+            }
+            _ => {}
+        }
+        let stale = d.state == Some(DeviceState::Stale);
+        if let Some(battery) = d.battery_percent.filter(|b| f64::from(*b) < low && !stale) {
+            hold(held, Kind::BatteryLow, &subject, format!("battery at {battery:.0} % (below {low:.0} %)"));
+        }
+    }
+    for u in view.unknown.iter().filter(|u| now_ms.saturating_sub(u.last_heard_ms) < UNKNOWN_HEARD_FOR_MS) {
+        let message = format!("heard from source {} but not in the plant's device map", u.source);
+        hold(held, Kind::UnknownRobot, &format!("{}/{}", u.plant, u.robot), message);
+    }
+}
+
+fn hold(held: &mut Vec<Observed>, kind: Kind, subject: &str, message: String) {
+    held.push(Observed { kind, subject: subject.to_string(), message });
 }

@@ -33,13 +33,50 @@ impl Reachability {
         }
     }
 
-    pub fn word(&self) -> &'static str {
+    pub fn state(&self) -> TwinzoState {
         match self.get() {
-            Some(true) => "reachable",
-            Some(false) => "unreachable",
-            None => "not yet checked",
+            Some(true) => TwinzoState::Reachable,
+            Some(false) => TwinzoState::Unreachable,
+            None => TwinzoState::NotYetChecked,
         }
     }
+}
+
+/// Whether a plant runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlantState {
+    Running,
+    /// Could not start (see `problem`).
+    Down,
+}
+
+/// Whether a plant's posts reach Twinzo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TwinzoState {
+    #[serde(rename = "reachable")]
+    Reachable,
+    #[serde(rename = "unreachable")]
+    Unreachable,
+    #[serde(rename = "not yet checked")]
+    NotYetChecked,
+    /// The plant is down.
+    #[serde(rename = "not running")]
+    NotRunning,
+}
+
+/// Whether a plant's devices can sign in to Twinzo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    Ok,
+    /// A device's last post failed for its credentials (`auth`, `http-401`, `wrong-branch`).
+    Failing,
+    /// No post yet.
+    Unknown,
+    /// A dry run signs nobody in.
+    #[serde(rename = "n/a")]
+    NotApplicable,
 }
 
 /// Shared by the plant task (what it hears), its device workers (what they post) and the view.
@@ -48,11 +85,11 @@ pub struct PlantWatch {
     pub name: String,
     pub reach: Reachability,
     dry_run: bool,
-    state: Mutex<PlantState>,
+    state: Mutex<PlantRecord>,
 }
 
 #[derive(Debug, Default)]
-struct PlantState {
+struct PlantRecord {
     devices: BTreeMap<String, DeviceWatch>,
     unknown: BTreeMap<String, UnknownRobot>,
     posted: u64,
@@ -85,14 +122,11 @@ pub struct UnknownRobot {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlantView {
     pub name: String,
-    /// `running`, or `down` with `problem`.
-    pub state: String,
+    pub state: PlantState,
     pub problem: Option<String>,
     pub dry_run: bool,
-    /// `reachable`, `unreachable` or `not yet checked`.
-    pub twinzo: String,
-    /// `ok`, `failing` (a device cannot sign in), or `unknown` before the first post.
-    pub tokens: String,
+    pub twinzo: TwinzoState,
+    pub tokens: TokenState,
     pub posted: u64,
     pub posted_per_s: f64,
     pub post_failures: BTreeMap<String, u64>,
@@ -115,7 +149,7 @@ impl PlantWatch {
         PlantWatch { name: name.into(), reach: Reachability::default(), dry_run, state: Mutex::default() }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, PlantState> {
+    fn state(&self) -> std::sync::MutexGuard<'_, PlantRecord> {
         self.state.lock().expect("plant watch lock")
     }
 
@@ -198,25 +232,24 @@ impl PlantWatch {
         state.posted_at_tick = state.posted;
         let devices: Vec<DeviceView> =
             state.devices.values_mut().map(|d| d.tick(now_ms, elapsed, stale_after).clone()).collect();
+        let signing_in_fails =
+            |d: &DeviceView| d.last_post.as_ref().is_some_and(|p| AUTH_REASONS.contains(&p.outcome.as_str()));
         let tokens = if self.dry_run {
-            "n/a"
-        } else if devices
-            .iter()
-            .any(|d| d.last_post.as_ref().is_some_and(|p| AUTH_REASONS.contains(&p.outcome.as_str())))
-        {
-            "failing"
+            TokenState::NotApplicable
+        } else if devices.iter().any(signing_in_fails) {
+            TokenState::Failing
         } else if devices.iter().any(|d| d.last_post.is_some()) {
-            "ok"
+            TokenState::Ok
         } else {
-            "unknown"
+            TokenState::Unknown
         };
         let view = PlantView {
             name: self.name.clone(),
-            state: "running".into(),
+            state: PlantState::Running,
             problem: None,
             dry_run: self.dry_run,
-            twinzo: self.reach.word().into(),
-            tokens: tokens.into(),
+            twinzo: self.reach.state(),
+            tokens,
             posted: state.posted,
             posted_per_s: state.posted_per_s,
             post_failures: state.post_failures.clone(),
@@ -236,11 +269,11 @@ impl PlantView {
     pub fn down(name: &str, problem: &str) -> Self {
         PlantView {
             name: name.into(),
-            state: "down".into(),
+            state: PlantState::Down,
             problem: Some(problem.into()),
             dry_run: false,
-            twinzo: "not yet checked".into(),
-            tokens: "unknown".into(),
+            twinzo: TwinzoState::NotRunning,
+            tokens: TokenState::Unknown,
             posted: 0,
             posted_per_s: 0.0,
             post_failures: BTreeMap::new(),
@@ -254,7 +287,7 @@ impl PlantView {
     }
 }
 
-impl PlantState {
+impl PlantRecord {
     fn unknown_robot(&mut self, plant: &str, source: &str, robot: &str, at_ms: u64) {
         if let Some(known) = self.unknown.get_mut(robot) {
             known.last_heard_ms = at_ms;
@@ -300,12 +333,12 @@ mod tests {
         watch.post_failed("tug-1", "auth", "refused");
         let (plant, devices, unknown) = watch.tick(1_500, Duration::from_secs(1), None);
         assert_eq!((devices.len(), devices[0].messages, devices[0].x), (1, 1, Some(1000.0)));
-        assert_eq!(plant.tokens, "failing");
+        assert_eq!(plant.tokens, TokenState::Failing);
         assert_eq!((unknown.len(), unknown[0].positions, unknown[0].robot.as_str()), (1, 2, "tug-9"));
         assert!(unknown[0].suggested.starts_with("devices:\n  \"tug-9\":"));
         watch.posted("tug-1", 3);
         let (plant, devices, _) = watch.tick(2_500, Duration::from_secs(1), None);
-        assert_eq!((plant.posted, plant.posted_per_s, plant.tokens.as_str()), (3, 3.0, "ok"));
+        assert_eq!((plant.posted, plant.posted_per_s, plant.tokens), (3, 3.0, TokenState::Ok));
         assert_eq!(devices[0].last_post.as_ref().map(|p| p.outcome.as_str()), Some("accepted"));
     }
 }
