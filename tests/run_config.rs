@@ -1,6 +1,7 @@
-//! `edge check`: every problem of a bad edge.yaml with its key path, exit 1, and never a
-//! secret in the output; a good file is summarised, its secrets still hidden. And the local
-//! commands (`edge spool`) take the config as `edge run` does, without needing the secrets.
+//! The configuration tools. `edge check`: every problem of a bad edge.yaml with its key path,
+//! exit 1, and never a secret in the output; a good file is summarised, its secrets still
+//! hidden. The local commands (`edge spool`) take the config as `edge run` does, without
+//! needing the secrets. `edge calibrate` fits a transform and prints the snippet to paste.
 
 mod support;
 
@@ -270,4 +271,78 @@ plants:
     // `edge run` still needs them.
     let out = support::edge(cache.path()).arg("check").arg(&path).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("UNSET_TUG_PASSWORD is not set"));
+}
+
+/// Reference points of the older plant's transform, with map-reading noise and one misread point.
+const SURVEY: &str = "name,vendor_x,vendor_y,twinzo_x,twinzo_y
+# name, vendor metres, Twinzo millimetres
+dock-1, 10, 5, 108210.55, 160787.70
+dock-2, 120, 8, 212750.39, 163305.23
+gate, 115, 90, 214127.82, 82812.30
+rack-a, 12, 85, 107340.39, 80054.40
+rack-b, 60, 45, 159712.64, 124142.15
+charger, 30, 60, 126063.69, 111359.69
+wash, 95, 20, 193031.49, 146636.39
+lift, 80, 70, 174379.39, 98906.28
+misread, 40, 20, 147045.89, 151278.02
+";
+
+#[test]
+fn calibrate_fits_the_snippet_to_paste_and_checks_a_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.csv");
+    std::fs::write(&pairs, SURVEY).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let calibrate = |args: &[&str]| {
+        let out = support::edge(cache.path()).arg("calibrate").arg(&pairs).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, text) = calibrate(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    for expected in [
+        "9 points",
+        "similarity: scale",
+        "vendor Y mirrored",
+        "outliers: misread",
+        "recommended: similarity",
+        "transform:",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+    // The snippet without the misread point is valid edge.yaml and close to the plant's transform.
+    let (code, yaml) = calibrate(&["--drop", "misread", "--yaml"]);
+    assert_eq!(code, Some(0), "{yaml}");
+    let snippet: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
+    let affine: Vec<f64> =
+        snippet["transform"]["affine"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let older = [999.738230, 22.879501, 22.879501, -999.738230, 95598.77, 167357.60];
+    // Within the map-reading noise (about 3 m) of the plant's transform, over the surveyed area.
+    let apply = |t: &[f64], x: f64, y: f64| (t[0] * x + t[1] * y + t[4], t[2] * x + t[3] * y + t[5]);
+    for (x, y) in [(10.0, 5.0), (120.0, 8.0), (115.0, 90.0), (12.0, 85.0), (60.0, 45.0)] {
+        let ((fx, fy), (ox, oy)) = (apply(&affine, x, y), apply(&older, x, y));
+        assert!((fx - ox).hypot(fy - oy) < 3000.0, "at ({x}, {y}): {affine:?} vs {older:?}");
+    }
+    let (_, json) = calibrate(&["--json"]);
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["outliers"][0][0], "misread");
+
+    // --check judges a config's transform against the same points.
+    let config = dir.path().join("edge.yaml");
+    support::write_private(
+        &config,
+        format!(
+            "sources:\n  - name: ati\n    mqtt: {{ host: fm.example }}\n    plugin: {{ path: ati.wasm }}\n    plant: p\n    transform: {{ affine: {older:?} }}\nplants:\n  - {{ name: p, dry_run: true }}\n"
+        ),
+    );
+    let (code, text) = calibrate(&["--drop", "misread", "--check", config.to_str().unwrap(), "--source", "ati"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("configured: scale 1000.000") && text.contains("best fit:"), "{text}");
+
+    // What cannot be fitted is refused with the reason.
+    std::fs::write(&pairs, "a, 1, 1, 1000, 1000\nb, 1, 1, 2000, 2000\n").unwrap();
+    let (code, text) = calibrate(&[]);
+    assert_eq!(code, Some(2));
+    assert!(text.contains("points a and b are at the same vendor position"), "{text}");
+    std::fs::write(&pairs, "a, 1, 1, 1000, 1000\n").unwrap();
+    assert!(calibrate(&[]).1.contains("a similarity fit needs at least 2 points, 1 given"));
 }

@@ -10,6 +10,7 @@
 pub mod alert;
 pub mod backoff;
 pub mod broker;
+pub mod calibrate;
 pub mod cli;
 pub mod config;
 pub mod episode;

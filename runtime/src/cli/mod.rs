@@ -1,6 +1,7 @@
 //! The `edge` command line: global options, logging set-up and dispatch to subcommands.
 //! Each subcommand lives in its own file and returns an exit code.
 
+mod calibrate;
 mod plugin;
 mod run;
 mod scaffold;
@@ -49,6 +50,8 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
+    /// Fit a source's transform from reference points read off the vendor's and Twinzo's maps.
+    Calibrate(calibrate::CalibrateArgs),
     /// Publish a simulated fleet to an MQTT broker.
     Sim(run::SimArgs),
     /// The fleet as a running edge sees it: devices, sources, plants, active conditions.
@@ -69,6 +72,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { flag, config } => flag.resolve(&config).and_then(|path| run::run(&path)),
         Command::Check { flag, config } => flag.resolve(&config).and_then(|path| run::check(&path)),
+        Command::Calibrate(args) => calibrate::run(args),
         Command::Sim(args) => run::sim(args),
         Command::Status(args) => status::run(args),
         Command::Spool(args) => spool::run(args),
