@@ -64,6 +64,22 @@ fn payload_file_prints_positions_as_json() {
     assert_eq!(p["timestamp_ms"], 1_764_575_512_000u64);
     assert_eq!(p["battery_percent"], 95.0);
     assert_eq!(json["topic"], "ati_fm/sherpa/status");
+    assert!(!text(&out).contains("matches none"), "a topic the plugin subscribes to: no note");
+}
+
+#[test]
+fn a_topic_the_plugin_never_gets_is_pointed_out() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = support::edge(cache.path())
+        .args(["plugin", "test", "plugins/dist/ati-sherpa.wasm", "plugins/ati-sherpa/fixtures/live-full.payload.json"])
+        .args(["--topic", "robotspace/amr/7/pose"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`robotspace/amr/7/pose` matches none of the plugin's default topics (ati/amr/+/status"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -187,4 +203,12 @@ fn a_plugin_that_sleeps_is_cut_off_with_a_clear_error() {
     let out = support::edge(cache.path()).args(["plugin", "inspect", "plugins/dist/sleepy.wasm"]).output().unwrap();
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "took {:?}", started.elapsed());
     assert!(!out.status.success() && text(&out).contains("describe() did not return"), "{}", text(&out));
+}
+
+#[test]
+fn version_names_the_plugin_contract() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = support::edge(cache.path()).arg("--version").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && stdout.contains("plugin contract edge:plugin@1.0.0, accepts 1.x"), "{stdout}");
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "edge", version, about = "WASM-pluggable edge runtime: robot fleets over MQTT to Twinzo")]
+#[command(name = "edge", version = version(), about = "WASM-pluggable edge runtime: robot fleets over MQTT to Twinzo")]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "EDGE_LOG_FORMAT")]
@@ -62,6 +62,22 @@ enum Command {
     /// Test, inspect and create plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+}
+
+/// `edge --version`: the build, and the plugin contract it accepts (what a vendor asks first).
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        use crate::plugin::{CONTRACT_PACKAGE, CONTRACT_VERSION};
+        let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+        let major = CONTRACT_VERSION.split('.').next().unwrap_or("?");
+        format!(
+            "{} (plugin contract {CONTRACT_PACKAGE}@{CONTRACT_VERSION}, accepts {major}.x; wasmtime 48; {}-{}, {profile} build)",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::ARCH,
+            std::env::consts::OS
+        )
+    })
 }
 
 /// Entry point of the binary.

@@ -90,6 +90,14 @@ fn test(args: TestArgs, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> 
 fn run_payload(plugin: &Arc<LoadedPlugin>, topic: Option<&str>, path: &Path) -> anyhow::Result<bool> {
     let payload = std::fs::read(path).with_context(|| format!("cannot read payload {}", path.display()))?;
     let topic = topic.map(str::to_string).unwrap_or_else(|| fixtures::sample_topic(plugin));
+    let topics = &plugin.info.default_topics;
+    if !topics.is_empty() && !topics.iter().any(|filter| rumqttc::matches(&topic, filter)) {
+        // An empty answer would otherwise look like a heartbeat the plugin skips on purpose.
+        eprintln!(
+            "note: topic `{topic}` matches none of the plugin's default topics ({}): a source with those topics never hands it this message",
+            topics.join(", ")
+        );
+    }
     let message = Message { topic: topic.clone(), payload: payload.into(), received_at_ms: now_ms() };
     let outcome = plugin.instantiate()?.translate(&message);
     let mut json = outcome_json(&outcome);

@@ -26,7 +26,7 @@ pub fn admit(location: &TwinzoLocation, now_ms: u64) -> Result<(), Inadmissible>
             reason: "timestamp-out-of-range",
             detail: format!(
                 "Timestamp {t} is before 2001 (a clock never set?) or more than 24 hours after this machine's clock ({now_ms}); \
-                 check the vendor's clock and the plugin's timestamp options"
+                 check the vendor's clock, and the plugin's options (`edge plugin inspect`)"
             ),
         });
     }

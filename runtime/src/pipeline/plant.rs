@@ -94,7 +94,7 @@ impl PlantPipeline {
         {
             tracing::warn!(
                 plant = %self.name, robot, skew_s = (at_ms as i64 - received_ms as i64) / 1000,
-                "vendor timestamps are far from this machine's clock (a feed labelling local time as UTC? see the plugin's timestamp options)"
+                "vendor timestamps are far from this machine's clock (the vendor's clock is off, or its feed labels local time as UTC: `edge plugin inspect` shows whether the plugin has an option for that)"
             );
         }
     }

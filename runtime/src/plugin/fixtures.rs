@@ -213,6 +213,9 @@ fn compare(expected: &Expected, outcome: &Result<Vec<Position>, CallError>) -> V
     problems
 }
 
+/// Position fields the contract (wit/plugin.wit) carries as `f32`, compared at that precision.
+const F32_FIELDS: [&str; 1] = [".battery_percent"];
+
 /// Lists every difference between two JSON values, naming the path of each.
 pub fn diff(want: &Value, got: &Value, path: &str, out: &mut Vec<String>) {
     match (want, got) {
@@ -237,7 +240,13 @@ pub fn diff(want: &Value, got: &Value, path: &str, out: &mut Vec<String>) {
         }
         (Value::Number(w), Value::Number(g)) => {
             let (w, g) = (w.as_f64().unwrap_or(f64::NAN), g.as_f64().unwrap_or(f64::NAN));
-            if (w - g).abs() > 1e-9 * w.abs().max(g.abs()).max(1.0) {
+            // The contract carries these as f32: 85.45 comes back as 85.44999694824219.
+            let same = if F32_FIELDS.iter().any(|f| path.ends_with(f)) {
+                w as f32 == g as f32
+            } else {
+                (w - g).abs() <= 1e-9 * w.abs().max(g.abs()).max(1.0)
+            };
+            if !same {
                 out.push(format!("{path}: expected {w}, got {g}"));
             }
         }
@@ -264,6 +273,15 @@ mod tests {
         diff(&json!(79.3), &json!(79.30000000000001), "b", &mut out);
         assert!(out.is_empty());
         diff(&json!(79.3), &json!(79.31), "b", &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn battery_is_compared_at_the_contracts_f32_precision() {
+        let mut out = Vec::new();
+        diff(&json!({"battery_percent": 85.45}), &json!({"battery_percent": 85.44999694824219}), "p", &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        diff(&json!({"battery_percent": 85.45}), &json!({"battery_percent": 85.46}), "p", &mut out);
         assert_eq!(out.len(), 1);
     }
 
