@@ -1,10 +1,12 @@
-//! HiTech AMRs (via HiveMQ) to canonical positions: `hitech/amr/{id}/position`, nested
-//! `position{x,y,z}` in millimetres. A message without a position is an error, never (0, 0).
+//! HiTech AMRs (via HiveMQ) to canonical positions. Two documented shapes, both millimetres:
+//! the position message (`device_id`, `position{x,y,z}`, epoch ms) and the event message
+//! (`headerId`, ISO `timestamp`, `event{type, amrId, location.current{x,y,z}, status,
+//! batteryPercentage}`). A message without a position is an error, never (0, 0).
 
 use edge_plugin_sdk::json::{Obj, parse_object};
 use edge_plugin_sdk::{
-    Message, Plugin, PluginInfo, Translation, battery_percent, check_option_names, device_id, malformed, position,
-    topic_levels,
+    Message, Plugin, PluginInfo, Position, TranslateError, Translation, battery_percent, check_option_names,
+    device_id, malformed, position, topic_levels,
 };
 
 struct HiTech;
@@ -15,8 +17,8 @@ impl Plugin for HiTech {
             name: "hitech".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             vendor: "HiTech".into(),
-            description: "HiTech AMR position messages (millimetres, epoch ms) to positions".into(),
-            default_topics: vec!["hitech/amr/+/position".into()],
+            description: "HiTech AMR position and event messages (millimetres) to positions".into(),
+            default_topics: vec!["hitech/amr/+/position".into(), "hitech/amr/+/event".into()],
             options: vec![],
         }
     }
@@ -27,13 +29,16 @@ impl Plugin for HiTech {
 
     fn translate(msg: Message) -> Translation {
         let topic_id = match topic_levels(&msg.topic).as_slice() {
-            ["hitech", "amr", id, "position"] => Some(id.to_string()),
+            ["hitech", "amr", id, "position" | "event"] => Some(id.to_string()),
             ["hitech", "amr", _, _] => return Ok(Vec::new()), // battery, status: no position
             _ if msg.topic.starts_with("hitech/") => return Ok(Vec::new()),
             _ => None,
         };
         let map = parse_object(&msg.payload)?;
         let doc = Obj::root(&map);
+        if let Some(event) = doc.obj("event")? {
+            return translate_event(&doc, &event, topic_id).map(|p| vec![p]);
+        }
         let device = match (doc.str("device_id")?, topic_id) {
             (Some(id), _) if !id.is_empty() => id.to_string(),
             (_, Some(id)) if !id.is_empty() => id,
@@ -64,6 +69,33 @@ impl Plugin for HiTech {
         }
         Ok(vec![p])
     }
+}
+
+/// The event-style message: the robot's id and position under `event`.
+fn translate_event(doc: &Obj, event: &Obj, topic_id: Option<String>) -> Result<Position, TranslateError> {
+    let device = match (event.str("amrId")?, topic_id) {
+        (Some(id), _) if !id.is_empty() => id.to_string(),
+        (_, Some(id)) if !id.is_empty() => id,
+        _ => return Err(malformed("event.amrId: missing (and the topic names no device)")),
+    };
+    let current = event
+        .obj("location")?
+        .and_then(|location| location.obj("current").transpose())
+        .transpose()?
+        .ok_or_else(|| malformed("event.location.current: missing (an event message needs {x, y} in millimetres)"))?;
+    let mm = |key: &str| current.req_coordinate(key).map(|v| v / 1000.0);
+    let z = if current.has("z") { mm("z")? } else { 0.0 };
+    let mut p = position(device_id(device, "event.amrId")?, mm("x")?, mm("y")?, z);
+    p.timestamp_ms = doc.timestamp_ms("timestamp", None)?;
+    p.battery_percent = battery_percent(event.num("batteryPercentage")?);
+    // A numeric status code whose meanings are not documented: kept, not interpreted.
+    p.status = event.text("status");
+    for (key, value) in [("event_type", event.text("type")), ("header_id", doc.text("headerId"))] {
+        if let Some(value) = value {
+            p.attributes.push((key.to_string(), value));
+        }
+    }
+    Ok(p)
 }
 
 edge_plugin_sdk::export!(HiTech);
