@@ -87,7 +87,7 @@ pub fn main() -> ExitCode {
     let cache_dir = if cli.no_cache { None } else { cli.cache_dir.clone().or_else(default_cache_dir) };
     let result = match cli.command {
         Command::Run { flag, config } => flag.resolve(&config).and_then(|path| run::run(&path)),
-        Command::Check { flag, config } => flag.resolve(&config).and_then(|path| run::check(&path)),
+        Command::Check { flag, config } => flag.resolve(&config).and_then(|path| run::check(&path, cache_dir)),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Sim(args) => run::sim(args),
         Command::Status(args) => status::run(args),
@@ -134,8 +134,11 @@ impl ConfigFlag {
 
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
-    // The embedded broker (rumqttd) narrates every connection at info; keep its warnings.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG").unwrap_or_else(|_| "info,rumqttd=warn".into());
+    // The embedded broker (rumqttd) narrates every connection at info: keep its warnings. Its
+    // router reports each client's ordinary DISCONNECT as an ERROR ("no-connection id N is
+    // already gone", the network close after the packet): silenced. EDGE_LOG overrides both.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGE_LOG")
+        .unwrap_or_else(|_| "info,rumqttd=warn,rumqttd::router::routing=off".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

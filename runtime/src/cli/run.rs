@@ -12,7 +12,8 @@ pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// Validates without connecting; prints every problem with its key path, and never a secret.
-pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
+/// Plugins are loaded (compiled, or from `cache_dir`) to show the topics they subscribe to.
+pub fn check(path: &Path, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let loaded = match config::load(path) {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -22,11 +23,22 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
     };
     let c = &loaded.config;
     println!("{}: OK", path.display());
+    let engine = crate::plugin::PluginEngine::new(crate::plugin::SandboxLimits::default(), cache_dir)?;
+    let mut problems = Vec::new();
     for source in &c.sources {
-        let topics = if source.mqtt.topics.is_empty() {
-            "the plugin's default topics".to_string()
-        } else {
+        let plugin = &source.plugin;
+        let topics = if !source.mqtt.topics.is_empty() {
             source.mqtt.topics.join(", ")
+        } else if !plugin.path.exists() {
+            "the plugin's default topics, once its file exists".to_string()
+        } else {
+            match engine.load(&plugin.path, &plugin.options(), plugin.sha256.as_deref()) {
+                Ok(loaded) => format!("{} (the plugin's defaults)", loaded.info.default_topics.join(", ")),
+                Err(e) => {
+                    problems.push(format!("source {}: cannot load its plugin: {e}", source.name));
+                    "the plugin's default topics".to_string()
+                }
+            }
         };
         println!(
             "  source {}: {}:{} (MQTT {:?}{}) via {} -> plant {} [{topics}]",
@@ -48,6 +60,9 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
     }
     for warning in &loaded.warnings {
         println!("  warning: {warning}");
+    }
+    for problem in &problems {
+        println!("  warning: {problem}");
     }
     Ok(ExitCode::SUCCESS)
 }
