@@ -78,10 +78,8 @@ fn translate_event(doc: &Obj, event: &Obj, topic_id: Option<String>) -> Result<P
         (_, Some(id)) if !id.is_empty() => id,
         _ => return Err(malformed("event.amrId: missing (and the topic names no device)")),
     };
-    let current = event
-        .obj("location")?
-        .and_then(|location| location.obj("current").transpose())
-        .transpose()?
+    let location = event.obj("location")?.map(|l| l.req_obj("current")).transpose()?;
+    let current = location
         .ok_or_else(|| malformed("event.location.current: missing (an event message needs {x, y} in millimetres)"))?;
     let mm = |key: &str| current.req_coordinate(key).map(|v| v / 1000.0);
     let z = if current.has("z") { mm("z")? } else { 0.0 };

@@ -90,6 +90,11 @@ impl<'a> Obj<'a> {
         }
     }
 
+    /// An object that must be there: missing or null is `malformed` naming its path.
+    pub fn req_obj(&self, key: &str) -> Result<Obj<'a>, TranslateError> {
+        self.obj(key)?.ok_or_else(|| missing(&self.path_of(key)))
+    }
+
     pub fn arr(&self, key: &str) -> Result<Option<&'a [Value]>, TranslateError> {
         match self.get(key) {
             None => Ok(None),
