@@ -91,6 +91,12 @@ fn the_live_page_shows_the_fleet_moving_and_a_stopped_feed_turns_stale() {
     browser.eval("document.querySelector('#devices tr[data-robot=\"demo/tugger-02\"]').click()");
     assert!(browser.eval("document.getElementById('details').textContent").as_str().unwrap().contains("tugger-02"));
 
+    // SIGHUP (systemctl reload) reads the files again and stops nothing.
+    unsafe { libc::kill(edge.pid() as i32, libc::SIGHUP) };
+    edge.wait_for_log("SIGHUP: reading the configuration and plugin files again", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(browser.eval(DEVICE_STATES).as_str().unwrap(), r#"["moving","moving","moving"]"#);
+
     // The feed stops (the simulator is taken out of the config): stale, on the page, live.
     support::write_private(
         &config,

@@ -83,9 +83,18 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
+    // SIGHUP (systemctl reload): read the config and every plugin file again, for filesystems
+    // whose changes the watcher does not see.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reading the configuration and plugin files again");
+                let mut paths: HashSet<PathBuf> = runtime.config.sources.iter().map(|s| s.plugin.path.clone()).collect();
+                paths.insert(runtime.config_path.clone());
+                runtime.on_files_changed(&paths).await;
+            }
             Some(path) = changes.recv() => {
                 let paths = debounce(path, &mut changes).await;
                 runtime.on_files_changed(&paths).await;
