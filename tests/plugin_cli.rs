@@ -212,3 +212,16 @@ fn version_names_the_plugin_contract() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && stdout.contains("plugin contract edge:plugin@1.0.0, accepts 1.x"), "{stdout}");
 }
+
+#[test]
+fn completions_and_man_page_come_from_the_same_commands() {
+    let cache = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = support::edge(cache.path()).args(["completions", shell]).output().unwrap();
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && script.contains("calibrate") && script.contains("status"), "{shell}: {script}");
+    }
+    let out = support::edge(cache.path()).arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && page.contains(".TH edge 1") && page.contains("calibrate"), "{page}");
+}

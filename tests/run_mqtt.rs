@@ -190,3 +190,49 @@ fn session_takeover_is_reported() {
     edge.wait_for_log("session takeover", WAIT);
     edge.stop();
 }
+
+/// `edge publish` sends a fixture folder, each case on its own topic, and fails clearly when
+/// there is no broker.
+#[test]
+fn edge_publish_sends_fixtures_on_their_topics() {
+    let broker = Mosquitto::start();
+    let mut options = rumqttc::MqttOptions::new("publish-watcher", "127.0.0.1", broker.port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = rumqttc::Client::new(options, 64);
+    client.subscribe("#", rumqttc::QoS::AtLeastOnce).unwrap();
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => seen_tx.send(None).unwrap(),
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => seen_tx.send(Some(p.topic)).unwrap(),
+                Err(_) => break,
+                _ => {}
+            }
+        }
+    });
+    assert_eq!(seen.recv_timeout(WAIT).unwrap(), None, "subscribed");
+    let fixtures = support::repo().join("plugins/ati-sherpa/fixtures");
+    let cases = std::fs::read_dir(&fixtures)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".payload"))
+        .count();
+    let cache = tempfile::tempdir().unwrap();
+    let out = support::edge(cache.path())
+        .args(["publish", "--rate", "100", "--repeat", "2", "--broker", &format!("127.0.0.1:{}", broker.port)])
+        .arg(&fixtures)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let topics: Vec<String> = (0..2 * cases).map(|_| seen.recv_timeout(WAIT).unwrap().unwrap()).collect();
+    assert!(topics.iter().any(|t| t == "ati_fm/sherpa/status"), "{topics:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("published {} messages", 2 * cases)));
+
+    let out = support::edge(cache.path())
+        .args(["publish", "--topic", "t", "--broker", &format!("127.0.0.1:{}", free_port())])
+        .arg(fixtures.join("live-full.payload.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot publish to 127.0.0.1:"));
+}

@@ -3,6 +3,7 @@
 
 mod calibrate;
 mod plugin;
+mod publish;
 mod run;
 mod scaffold;
 mod spool;
@@ -52,6 +53,8 @@ enum Command {
     },
     /// Fit a source's transform from reference points read off the vendor's and Twinzo's maps.
     Calibrate(calibrate::CalibrateArgs),
+    /// Publish payload files or a folder of plugin fixtures to an MQTT broker, at a rate.
+    Publish(publish::PublishArgs),
     /// Publish a simulated fleet to an MQTT broker.
     Sim(run::SimArgs),
     /// The fleet as a running edge sees it: devices, sources, plants, active conditions.
@@ -62,6 +65,13 @@ enum Command {
     /// Test, inspect and create plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Print a shell completion script: `edge completions bash > /etc/bash_completion.d/edge`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `edge man > /usr/local/share/man/man1/edge.1`.
+    Man,
 }
 
 /// `edge --version`: the build, and the plugin contract it accepts (what a vendor asks first).
@@ -89,10 +99,24 @@ pub fn main() -> ExitCode {
         Command::Run { flag, config } => flag.resolve(&config).and_then(|path| run::run(&path)),
         Command::Check { flag, config } => flag.resolve(&config).and_then(|path| run::check(&path, cache_dir)),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Publish(args) => publish::run(args),
         Command::Sim(args) => run::sim(args),
         Command::Status(args) => status::run(args),
         Command::Spool(args) => spool::run(args),
         Command::Plugin(cmd) => plugin::run(cmd, cache_dir),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "edge",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => code,
