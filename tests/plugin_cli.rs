@@ -225,3 +225,42 @@ fn completions_and_man_page_come_from_the_same_commands() {
     let page = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && page.contains(".TH edge 1") && page.contains("calibrate"), "{page}");
 }
+
+#[test]
+fn a_standalone_plugin_crate_builds_outside_the_repository_and_passes_its_fixtures() {
+    let cache = tempfile::tempdir().unwrap();
+    let vendor = tempfile::tempdir().unwrap();
+    let dir = vendor.path().join("robotspace-plugin");
+    let repo = support::repo();
+    let out = support::edge(cache.path())
+        .args(["plugin", "new", "robotspace", "--standalone"])
+        .arg(&dir)
+        .arg("--sdk")
+        .arg(repo.join("plugins/sdk"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !std::fs::read_to_string(repo.join("plugins/Cargo.toml")).unwrap().contains("robotspace"),
+        "the repository is untouched"
+    );
+    // Built as a vendor would; a target folder kept between runs saves compiling the SDK again
+    // (not the plugins workspace's, whose components all land in plugins/dist).
+    let build = std::process::Command::new(repo.join("scripts/build-plugins"))
+        .arg(&dir)
+        .env("CARGO_TARGET_DIR", repo.join("target/standalone-plugin"))
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", text(&build));
+    let test = support::edge(cache.path())
+        .args(["plugin", "test"])
+        .arg(dir.join("dist/robotspace.wasm"))
+        .arg(dir.join("fixtures"))
+        .output()
+        .unwrap();
+    assert!(
+        test.status.success() && String::from_utf8_lossy(&test.stdout).contains("2 passed, 0 failed"),
+        "{}",
+        text(&test)
+    );
+}

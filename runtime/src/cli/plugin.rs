@@ -25,13 +25,20 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Create a new plugin crate (with a passing fixture) in the plugins workspace.
+    /// Create a new plugin crate (with passing fixtures): in the plugins workspace, or with
+    /// --standalone in a folder of its own (the vendor's repository).
     New {
         /// Kebab-case plugin name, e.g. `acme-agv`.
         name: String,
         /// The plugins workspace to add it to.
-        #[arg(long, default_value = "plugins")]
+        #[arg(long, default_value = "plugins", conflicts_with = "standalone")]
         workspace: PathBuf,
+        /// Create a crate of its own in this folder instead.
+        #[arg(long, value_name = "DIR", requires = "sdk")]
+        standalone: Option<PathBuf>,
+        /// With --standalone: edge's `plugins/sdk` folder, or the URL of edge's git repository.
+        #[arg(long, value_name = "PATH_OR_GIT_URL")]
+        sdk: Option<String>,
     },
 }
 
@@ -62,9 +69,11 @@ pub fn run(cmd: PluginCommand, cache_dir: Option<PathBuf>) -> anyhow::Result<Exi
     match cmd {
         PluginCommand::Test(args) => test(args, cache_dir),
         PluginCommand::Inspect { plugin, json } => inspect(&plugin, json, cache_dir),
-        PluginCommand::New { name, workspace } => {
-            super::scaffold::new_plugin(&name, &workspace).map(|()| ExitCode::SUCCESS)
+        PluginCommand::New { name, workspace, standalone, sdk } => match (standalone, sdk) {
+            (Some(dir), Some(sdk)) => super::scaffold::new_standalone(&name, &dir, &sdk),
+            _ => super::scaffold::new_plugin(&name, &workspace),
         }
+        .map(|()| ExitCode::SUCCESS),
     }
 }
 
