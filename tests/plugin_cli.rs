@@ -264,3 +264,20 @@ fn a_standalone_plugin_crate_builds_outside_the_repository_and_passes_its_fixtur
         text(&test)
     );
 }
+
+#[test]
+fn plugin_list_shows_every_component_in_a_folder_and_the_unusable_ones() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["ati-sherpa", "hitech"] {
+        std::fs::copy(support::plugin(name), dir.path().join(format!("{name}.wasm"))).unwrap();
+    }
+    std::fs::write(dir.path().join("half-copied.wasm"), b"\0asm").unwrap();
+    let out = support::edge(cache.path()).args(["plugin", "list"]).arg(dir.path()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("ati-sherpa 1.0.0 (ATI Motors), contract 1.0.0"), "{stdout}");
+    assert!(stdout.contains("hitech 1.1.0") && stdout.contains("hitech/amr/+/event"), "{stdout}");
+    assert!(stdout.contains("half-copied.wasm: NOT USABLE"), "{stdout}");
+    assert!(stdout.contains("3 components, 1 not usable"), "{stdout}");
+}

@@ -25,6 +25,16 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every component in a folder: name, version, contract, topics, sha256; the files that are
+    /// not usable plugins with the reason. Exit 1 when any is not usable.
+    List {
+        /// The folder, e.g. /opt/edge/plugins.
+        #[arg(default_value = "plugins/dist")]
+        dir: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create a new plugin crate (with passing fixtures): in the plugins workspace, or with
     /// --standalone in a folder of its own (the vendor's repository).
     New {
@@ -69,6 +79,7 @@ pub fn run(cmd: PluginCommand, cache_dir: Option<PathBuf>) -> anyhow::Result<Exi
     match cmd {
         PluginCommand::Test(args) => test(args, cache_dir),
         PluginCommand::Inspect { plugin, json } => inspect(&plugin, json, cache_dir),
+        PluginCommand::List { dir, json } => list(&dir, json, cache_dir),
         PluginCommand::New { name, workspace, standalone, sdk } => match (standalone, sdk) {
             (Some(dir), Some(sdk)) => super::scaffold::new_standalone(&name, &dir, &sdk),
             _ => super::scaffold::new_plugin(&name, &workspace),
@@ -137,6 +148,55 @@ fn run_fixtures(plugin: &Arc<LoadedPlugin>, args: &TestArgs, dir: &Path) -> anyh
     let failed = reports.iter().filter(|r| !r.passed()).count();
     println!("{}: {} passed, {failed} failed", dir.display(), reports.len() - failed);
     Ok(failed > 0)
+}
+
+fn list(dir: &Path, json: bool, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let engine = PluginEngine::new(SandboxLimits::default(), cache_dir)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    files.sort();
+    let mut unusable = 0;
+    let mut rows = Vec::new();
+    for path in &files {
+        let row = match engine.load(path, &[], None) {
+            Ok(plugin) => serde_json::json!({
+                "file": path, "name": plugin.info.name, "version": plugin.info.version, "vendor": plugin.info.vendor,
+                "contract": plugin.contract, "topics": plugin.info.default_topics, "sha256": plugin.sha256,
+            }),
+            Err(e) => {
+                unusable += 1;
+                serde_json::json!({ "file": path, "error": e.to_string() })
+            }
+        };
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        for row in &rows {
+            let field = |key: &str| row[key].as_str().unwrap_or_default().to_string();
+            let topics: Vec<&str> = row["topics"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
+            let sha = field("sha256");
+            match row["error"].as_str() {
+                Some(error) => println!("{}: NOT USABLE: {error}", field("file")),
+                None => println!(
+                    "{}: {} {} ({}), contract {}, topics {}, sha256 {}",
+                    field("file"),
+                    field("name"),
+                    field("version"),
+                    field("vendor"),
+                    field("contract"),
+                    topics.join(", "),
+                    sha.get(..12).unwrap_or(&sha)
+                ),
+            }
+        }
+        println!("{}: {} components, {unusable} not usable", dir.display(), files.len());
+    }
+    Ok(if unusable > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 fn inspect(path: &Path, json: bool, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
