@@ -39,17 +39,11 @@ impl Plugin for HiTech {
         if let Some(event) = doc.obj("event")? {
             return translate_event(&doc, &event, topic_id).map(|p| vec![p]);
         }
-        let device = match (doc.str("device_id")?, topic_id) {
-            (Some(id), _) if !id.is_empty() => id.to_string(),
-            (_, Some(id)) if !id.is_empty() => id,
-            _ => return Err(malformed("device_id: missing (and the topic names no device)")),
-        };
+        let device = robot(doc.str("device_id")?, topic_id, "device_id")?;
         let pos = doc
             .obj("position")?
             .ok_or_else(|| malformed("position: missing (a HiTech message needs position {x, y} in millimetres)"))?;
-        let mm = |key: &str| pos.req_coordinate(key).map(|v| v / 1000.0);
-        let z = if pos.has("z") { mm("z")? } else { 0.0 };
-        let mut p = position(device_id(device, "device_id")?, mm("x")?, mm("y")?, z);
+        let mut p = millimetres(device, &pos)?;
         p.timestamp_ms = doc.timestamp_ms("timestamp", None)?;
         p.battery_percent = battery_percent(doc.num("battery")?);
         p.speed_mps = doc.num("speed")?.map(|mm_per_s| mm_per_s / 1000.0);
@@ -73,17 +67,11 @@ impl Plugin for HiTech {
 
 /// The event-style message: the robot's id and position under `event`.
 fn translate_event(doc: &Obj, event: &Obj, topic_id: Option<String>) -> Result<Position, TranslateError> {
-    let device = match (event.str("amrId")?, topic_id) {
-        (Some(id), _) if !id.is_empty() => id.to_string(),
-        (_, Some(id)) if !id.is_empty() => id,
-        _ => return Err(malformed("event.amrId: missing (and the topic names no device)")),
-    };
+    let device = robot(event.str("amrId")?, topic_id, "event.amrId")?;
     let location = event.obj("location")?.map(|l| l.req_obj("current")).transpose()?;
     let current = location
         .ok_or_else(|| malformed("event.location.current: missing (an event message needs {x, y} in millimetres)"))?;
-    let mm = |key: &str| current.req_coordinate(key).map(|v| v / 1000.0);
-    let z = if current.has("z") { mm("z")? } else { 0.0 };
-    let mut p = position(device_id(device, "event.amrId")?, mm("x")?, mm("y")?, z);
+    let mut p = millimetres(device, &current)?;
     p.timestamp_ms = doc.timestamp_ms("timestamp", None)?;
     p.battery_percent = battery_percent(event.num("batteryPercentage")?);
     // A numeric status code whose meanings are not documented: kept, not interpreted.
@@ -94,6 +82,23 @@ fn translate_event(doc: &Obj, event: &Obj, topic_id: Option<String>) -> Result<P
         }
     }
     Ok(p)
+}
+
+/// The robot's id as the message gives it under `field`, else as its topic names it.
+fn robot(given: Option<&str>, topic_id: Option<String>, field: &str) -> Result<String, TranslateError> {
+    let id = match (given, topic_id) {
+        (Some(id), _) if !id.is_empty() => id.to_string(),
+        (_, Some(id)) if !id.is_empty() => id,
+        _ => return Err(malformed(format!("{field}: missing (and the topic names no device)"))),
+    };
+    device_id(id, field)
+}
+
+/// A position from `{x, y, z?}` in millimetres.
+fn millimetres(device: String, at: &Obj) -> Result<Position, TranslateError> {
+    let mm = |key: &str| at.req_coordinate(key).map(|v| v / 1000.0);
+    let z = if at.has("z") { mm("z")? } else { 0.0 };
+    Ok(position(device, mm("x")?, mm("y")?, z))
 }
 
 edge_plugin_sdk::export!(HiTech);
