@@ -7,7 +7,7 @@
 #     -v edge-state:/var/lib/edge --env-file /etc/edge/edge.env edge
 #
 # In the mounted edge.yaml: `state_dir: /var/lib/edge`, `http.listen: 0.0.0.0:9464` (to
-# publish the page and /metrics), plugin paths under /opt/edge/plugins. The image also carries
+# publish the page and /metrics), `plugins_dir: /opt/edge/plugins`. The image also carries
 # the shipped plugins in /usr/share/edge/plugins.
 
 FROM rust:1.95-bookworm AS build

@@ -149,6 +149,51 @@ fn the_repository_configs_are_valid() {
 }
 
 #[test]
+fn a_source_may_name_its_plugin_in_the_plugins_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("plugins")).unwrap();
+    std::fs::copy(support::plugin("hitech"), dir.path().join("plugins/hitech-amr.wasm")).unwrap();
+    let source = |name: &str, plugin: &str| {
+        format!(
+            "  - {{ name: {name}, mqtt: {{}}, plugin: {plugin}, plant: p, transform: {{ affine: [1000, 0, 0, 1000, 0, 0] }} }}\n"
+        )
+    };
+    let plants = "plants:\n  - { name: p, dry_run: true, devices: { r1: { sector: 1 } } }\n";
+    let good = format!(
+        "plugins_dir: plugins\nsources:\n{}{}{plants}",
+        source("hitech", "{ name: hitech }"),
+        source("acme", "{ name: acme-agv }")
+    );
+    let config = dir.path().join("edge.yaml");
+    support::write_private(&config, &good);
+    let cache = tempfile::tempdir().unwrap();
+    let out = support::edge(cache.path()).arg("check").arg(&config).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("plugins_dir") && text.contains("1 plugins, 0 files not usable"), "{text}");
+    assert!(text.contains("via plugin `hitech` of plugins_dir") && text.contains("hitech/amr/+/position"), "{text}");
+    assert!(
+        text.contains("source acme: no plugin named `acme-agv`") && text.contains("it holds hitech 1.1.0"),
+        "a name the folder does not hold (yet) is a warning: {text}"
+    );
+    let listed = support::edge(cache.path()).args(["plugin", "list", "-c"]).arg(&config).output().unwrap();
+    let listed_text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success() && listed_text.contains("hitech-amr.wasm: hitech 1.1.0"), "{listed_text}");
+
+    let bad = format!(
+        "sources:\n{}{}{plants}",
+        source("named", "{ name: hitech }"),
+        source("both", "{ name: hitech, path: x.wasm }")
+    );
+    support::write_private(&config, &bad);
+    let out = support::edge(cache.path()).arg("check").arg(&config).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("sources[0].plugin.name: names a plugin, but there is no `plugins_dir`"), "{text}");
+    assert!(text.contains("sources[1].plugin: give either `path`"), "{text}");
+}
+
+#[test]
 fn a_readable_file_with_secrets_in_clear_is_refused() {
     let yaml = format!(
         r#"

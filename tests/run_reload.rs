@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 use support::mosquitto::{Mosquitto, free_port};
 use support::mqtt::Publisher;
-use support::process::EdgeProcess;
+use support::process::{EdgeProcess, eventually, get_json};
 use support::twinzo::{API_KEY, BRANCH_1, Device, TwinzoStandIn};
 
 const MESSAGES: u64 = 600;
@@ -145,4 +145,114 @@ fn plugin_and_config_reload_under_traffic_lose_nothing() {
     let log = edge.log_text();
     assert!(log.contains("plugin loaded; new messages use it"), "{log}");
     assert!(!log.contains("pw-1") && !log.contains(API_KEY));
+}
+
+/// `path` with its one occurrence of `from` replaced by `to` (same length): the same
+/// component saying another version of itself.
+fn with_version(wasm: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let at: Vec<usize> =
+        wasm.windows(from.len()).enumerate().filter(|(_, w)| *w == from.as_bytes()).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "`{from}` occurs once in the component");
+    let mut out = wasm.to_vec();
+    out[at[0]..at[0] + to.len()].copy_from_slice(to.as_bytes());
+    out
+}
+
+fn readyz(http: u16) -> serde_json::Value {
+    get_json(&format!("127.0.0.1:{http}"), "/readyz")
+}
+
+/// The plugin a source runs, as /readyz names it.
+fn running(http: u16) -> Option<String> {
+    readyz(http)["sources"]["hitech"]["plugin"].as_str().map(str::to_string)
+}
+
+/// A vendor's `.wasm` dropped into `plugins_dir` is picked up by the source that names it,
+/// without a restart; a newer version dropped beside it takes over, and the older one again
+/// when it is removed; every component is listed with who runs it, and none of the messages
+/// published meanwhile is lost or doubled.
+#[test]
+fn plugins_dir_runs_what_is_dropped_into_it_by_name() {
+    let broker = Mosquitto::start();
+    let twinzo = TwinzoStandIn::start(&[Device {
+        login: "hitech-amr-01".into(),
+        password: "pw-1".into(),
+        branch: BRANCH_1.into(),
+    }]);
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let http = free_port();
+    let config = dir.path().join("edge.yaml");
+    let text =
+        config_text(&dir.path().join("state"), Path::new("unused"), broker.port, &twinzo.base_url(), http, 0.0, false)
+            .replace("plugin: { path: unused }", "plugin: { name: hitech }");
+    support::write_private(&config, format!("plugins_dir: plugins\n{text}"));
+    let mut edge = EdgeProcess::start(&config);
+    eventually("the source set up", Duration::from_secs(30), || readyz(http)["sources"]["hitech"].is_object());
+    assert_eq!(running(http), None, "nothing to run yet");
+
+    let original = std::fs::read(support::plugin("hitech")).unwrap();
+    replace(&plugins.join("hitech.wasm"), &original);
+    eventually("the dropped plugin running", Duration::from_secs(10), || {
+        running(http).as_deref() == Some("hitech@1.1.0")
+    });
+    let mut publisher = Publisher::connect(broker.port, "plugins-dir-publisher");
+    let mut sent = 0;
+    let mut publish = |n: u64| {
+        for _ in 0..n {
+            publisher.publish("hitech/amr/hitech-amr-001/position", message("hitech-amr-001", sent));
+            sent += 1;
+        }
+        publisher.flush(Duration::from_secs(20));
+    };
+    eventually("the subscription", Duration::from_secs(10), || {
+        let sources = get_json(&format!("127.0.0.1:{http}"), "/api/sources");
+        sources["sources"][0]["subscribed"].as_array().is_some_and(|s| !s.is_empty())
+    });
+    publish(100);
+
+    replace(&plugins.join("hitech-1.2.wasm"), &with_version(&original, "1.1.0", "1.2.0"));
+    std::fs::write(plugins.join("half-copied.wasm"), b"\0asm").unwrap();
+    eventually("the newer version running", Duration::from_secs(10), || {
+        running(http).as_deref() == Some("hitech@1.2.0")
+    });
+    publish(100);
+    let listed = readyz(http)["plugins"].clone();
+    let files: Vec<(&str, &str, Vec<&str>)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let file = f["file"].as_str().unwrap().rsplit('/').next().unwrap();
+            let users = f["used_by"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+            (file, f["version"].as_str().unwrap(), users)
+        })
+        .collect();
+    assert_eq!(
+        files,
+        vec![
+            ("half-copied.wasm", "", vec![]),
+            ("hitech-1.2.wasm", "1.2.0", vec!["hitech"]),
+            ("hitech.wasm", "1.1.0", vec![])
+        ],
+        "{listed}"
+    );
+    assert!(listed[0]["error"].as_str().is_some_and(|e| e.contains("half-copied.wasm")), "{listed}");
+
+    std::fs::remove_file(plugins.join("hitech-1.2.wasm")).unwrap();
+    eventually("the remaining version running", Duration::from_secs(10), || {
+        running(http).as_deref() == Some("hitech@1.1.0")
+    });
+    publish(100);
+
+    twinzo.wait_for("every message", Duration::from_secs(30), |r| {
+        r.locations.get("hitech-amr-01").map_or(0, Vec::len) as u64 >= sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let stamps: Vec<u64> = twinzo.locations("hitech-amr-01").iter().map(|l| l["Timestamp"].as_u64().unwrap()).collect();
+    assert_eq!(stamps.len() as u64, sent, "every message exactly once");
+    assert_eq!(stamps.iter().copied().collect::<BTreeSet<_>>(), (0..sent).map(|i| T0 + i).collect());
+    assert!(edge.stop().success());
 }

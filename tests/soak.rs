@@ -152,10 +152,10 @@ fn sample(pid: u32, spool: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinH
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let mut csv = String::from("seconds,rss_mb,cpu_percent,open_fds,spool_mb\n");
         let started = Instant::now();
-        let mut last = (Instant::now(), cpu_ticks(pid));
+        let mut last = (Instant::now(), support::process::cpu_ticks(pid));
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(SAMPLE_EVERY);
-            let (now, cpu) = (Instant::now(), cpu_ticks(pid));
+            let (now, cpu) = (Instant::now(), support::process::cpu_ticks(pid));
             let percent = (cpu - last.1) as f64 / ticks / (now - last.0).as_secs_f64() * 100.0;
             last = (now, cpu);
             let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
@@ -165,7 +165,7 @@ fn sample(pid: u32, spool: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinH
             let line = format!(
                 "{:.0},{:.1},{:.1},{fds},{:.2}\n",
                 started.elapsed().as_secs_f64(),
-                rss_kb(pid) as f64 / 1024.0,
+                support::process::rss_kb(pid) as f64 / 1024.0,
                 percent,
                 spool_bytes as f64 / 1048576.0
             );
@@ -175,22 +175,6 @@ fn sample(pid: u32, spool: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinH
         }
         csv
     })
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn delivered(twinzo: &TwinzoStandIn) -> BTreeMap<(String, u64), usize> {

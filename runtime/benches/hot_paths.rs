@@ -116,11 +116,24 @@ fn main() {
     report("spool: durable append, 1 position per transaction", measure(50, || spool.append(&one).unwrap()));
     let per_group = measure(10, || spool.append(&group).unwrap());
     report("spool: durable append, per position in groups of 256", per_group / 256);
+    // A backlog (more than memory keeps per device) is read from SQLite.
+    let reopened = Spool::open(&dir.path().join("bench.sqlite"), DiskLimits::default()).unwrap();
     report(
-        "spool: next batch of 100 for a device (count + newest + read)",
+        "spool: next batch of 100 from SQLite (a backlog: count + newest + read)",
         measure(200, || {
             let want = BatchRequest { max: 100, posted_up_to: Some(u64::MAX), history: true };
-            drop(black_box(spool.next_batch("tug-1", want).unwrap()))
+            drop(black_box(reopened.next_batch("tug-1", want).unwrap()))
+        }),
+    );
+    // Live traffic: the device's queue is in memory (deletes ride on the next append).
+    let live = Spool::open(&dir.path().join("live.sqlite"), DiskLimits::default()).unwrap();
+    live.append(&one).unwrap();
+    live.next_batch("tug-133", BatchRequest { max: 100, posted_up_to: None, history: true }).unwrap();
+    report(
+        "spool: next batch from memory (live traffic, no SQLite)",
+        measure(200_000, || {
+            let want = BatchRequest { max: 100, posted_up_to: Some(0), history: true };
+            drop(black_box(live.next_batch_from_memory("tug-133", want).expect("in memory")))
         }),
     );
 

@@ -81,13 +81,23 @@ impl Drop for EdgeProcess {
 
 /// A minimal HTTP/1.0 GET: (status, body).
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// As [`http_get`], or the error when nothing answers (yet).
+pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream.read_to_string(&mut response)?;
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    Ok((status, body))
+}
+
+/// The JSON at `path` of an HTTP endpoint (`Null` when it does not answer or is not JSON).
+pub fn get_json(addr: &str, path: &str) -> serde_json::Value {
+    try_http_get(addr, path).ok().and_then(|(_, body)| serde_json::from_str(&body).ok()).unwrap_or_default()
 }
 
 /// Polls `check` until it holds, or panics with `what`.
@@ -97,4 +107,26 @@ pub fn eventually(what: &str, timeout: Duration, check: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// User and system CPU time of process `pid`, in clock ticks (`sysconf(_SC_CLK_TCK)` a second).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Resident memory of process `pid` now (`VmRSS`) or at its peak (`VmHWM`), in KiB.
+pub fn memory_kb(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn rss_kb(pid: u32) -> u64 {
+    memory_kb(pid, "VmRSS")
 }

@@ -58,6 +58,10 @@ pub struct Recorded {
     pub stamps: HashMap<String, Vec<u64>>,
     /// Keep only `stamps` (and no `posts`): for long runs.
     pub lean: bool,
+    /// Per accepted location, microseconds from its `Timestamp` to its arrival here (only
+    /// when [`TwinzoStandIn::measure_latency`] was called: a load whose timestamps are send times).
+    pub latencies_us: Vec<i64>,
+    pub measure_latency: bool,
     /// Every localization request: (headers, body).
     pub posts: Vec<(HeaderMap, Value)>,
     pub auth_calls: u32,
@@ -135,6 +139,11 @@ impl TwinzoStandIn {
     /// Records only what long runs need (timestamps per login).
     pub fn lean(&self) {
         self.inner.lock().unwrap().recorded.lean = true;
+    }
+
+    /// Records each accepted location's latency from its timestamp (see [`Recorded::latencies_us`]).
+    pub fn measure_latency(&self) {
+        self.inner.lock().unwrap().recorded.measure_latency = true;
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -298,7 +307,11 @@ async fn localization(State(state): Shared, headers: HeaderMap, body: Bytes) -> 
         s.faults.short_results -= 1;
         results.pop();
     }
-    let stamps = items.iter().filter_map(|l| l["Timestamp"].as_u64());
+    let stamps: Vec<u64> = items.iter().filter_map(|l| l["Timestamp"].as_u64()).collect();
+    if s.recorded.measure_latency {
+        let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+        s.recorded.latencies_us.extend(stamps.iter().map(|t| now_us - *t as i64 * 1000));
+    }
     s.recorded.stamps.entry(device.login.clone()).or_default().extend(stamps);
     if !s.recorded.lean {
         s.recorded.locations.entry(device.login.clone()).or_default().extend(items);

@@ -28,9 +28,12 @@ pub enum PluginCommand {
     /// Every component in a folder: name, version, contract, topics, sha256; the files that are
     /// not usable plugins with the reason. Exit 1 when any is not usable.
     List {
-        /// The folder, e.g. /opt/edge/plugins.
-        #[arg(default_value = "plugins/dist")]
-        dir: PathBuf,
+        /// The folder, e.g. /opt/edge/plugins [default: the config's plugins_dir with -c,
+        /// else plugins/dist].
+        dir: Option<PathBuf>,
+        /// List the `plugins_dir` of this configuration.
+        #[arg(long, short = 'c', value_name = "CONFIG", conflicts_with = "dir")]
+        config: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -79,7 +82,7 @@ pub fn run(cmd: PluginCommand, cache_dir: Option<PathBuf>) -> anyhow::Result<Exi
     match cmd {
         PluginCommand::Test(args) => test(args, cache_dir),
         PluginCommand::Inspect { plugin, json } => inspect(&plugin, json, cache_dir),
-        PluginCommand::List { dir, json } => list(&dir, json, cache_dir),
+        PluginCommand::List { dir, config, json } => list(&plugins_dir(dir, config)?, json, cache_dir),
         PluginCommand::New { name, workspace, standalone, sdk } => match (standalone, sdk) {
             (Some(dir), Some(sdk)) => super::scaffold::new_standalone(&name, &dir, &sdk),
             _ => super::scaffold::new_plugin(&name, &workspace),
@@ -150,47 +153,37 @@ fn run_fixtures(plugin: &Arc<LoadedPlugin>, args: &TestArgs, dir: &Path) -> anyh
     Ok(failed > 0)
 }
 
+/// The folder `edge plugin list` lists: given, or a configuration's `plugins_dir`.
+fn plugins_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let Some(config) = config else { return Ok(dir.unwrap_or_else(|| "plugins/dist".into())) };
+    // Listing needs none of the configuration's secrets.
+    let loaded = crate::config::load_local(&config)?;
+    loaded.config.plugins_dir.with_context(|| format!("{} has no plugins_dir", config.display()))
+}
+
 fn list(dir: &Path, json: bool, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let engine = PluginEngine::new(SandboxLimits::default(), cache_dir)?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|entry| Some(entry.ok()?.path()))
-        .filter(|path| path.extension().is_some_and(|e| e == "wasm"))
-        .collect();
-    files.sort();
-    let mut unusable = 0;
-    let mut rows = Vec::new();
-    for path in &files {
-        let row = match engine.load(path, &[], None) {
-            Ok(plugin) => serde_json::json!({
-                "file": path, "name": plugin.info.name, "version": plugin.info.version, "vendor": plugin.info.vendor,
-                "contract": plugin.contract, "topics": plugin.info.default_topics, "sha256": plugin.sha256,
-            }),
-            Err(e) => {
-                unusable += 1;
-                serde_json::json!({ "file": path, "error": e.to_string() })
-            }
-        };
-        rows.push(row);
+    let catalog = crate::plugin::Catalog::scan(&engine, dir);
+    if let Some(why) = &catalog.unreadable {
+        bail!("cannot list {}: {why}", dir.display());
     }
+    let files = crate::runtime::plugins::listing(&catalog);
+    let unusable = files.iter().filter(|f| f.error.is_some()).count();
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        println!("{}", serde_json::to_string_pretty(&files)?);
     } else {
-        for row in &rows {
-            let field = |key: &str| row[key].as_str().unwrap_or_default().to_string();
-            let topics: Vec<&str> = row["topics"].as_array().into_iter().flatten().filter_map(|t| t.as_str()).collect();
-            let sha = field("sha256");
-            match row["error"].as_str() {
-                Some(error) => println!("{}: NOT USABLE: {error}", field("file")),
+        for f in &files {
+            match &f.error {
+                Some(error) => println!("{}: NOT USABLE: {error}", f.file),
                 None => println!(
                     "{}: {} {} ({}), contract {}, topics {}, sha256 {}",
-                    field("file"),
-                    field("name"),
-                    field("version"),
-                    field("vendor"),
-                    field("contract"),
-                    topics.join(", "),
-                    sha.get(..12).unwrap_or(&sha)
+                    f.file,
+                    f.name,
+                    f.version,
+                    f.vendor,
+                    f.contract,
+                    f.topics.join(", "),
+                    &f.sha256[..12]
                 ),
             }
         }

@@ -24,16 +24,30 @@ pub fn check(path: &Path, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode
     let c = &loaded.config;
     println!("{}: OK", path.display());
     let engine = crate::plugin::PluginEngine::new(crate::plugin::SandboxLimits::default(), cache_dir)?;
+    let catalog = c.plugins_dir.as_deref().map(|dir| crate::runtime::plugins::scan(&engine, dir));
+    if let Some(catalog) = &catalog {
+        let usable = catalog.usable().count();
+        println!(
+            "  plugins_dir {}: {usable} plugins, {} files not usable",
+            catalog.dir.display(),
+            catalog.files.len() - usable
+        );
+    }
     let mut problems = Vec::new();
     for source in &c.sources {
         let plugin = &source.plugin;
         let topics = if !source.mqtt.topics.is_empty() {
             source.mqtt.topics.join(", ")
-        } else if !plugin.path.exists() {
-            "the plugin's default topics, once its file exists".to_string()
         } else {
-            match engine.load(&plugin.path, &plugin.options(), plugin.sha256.as_deref()) {
+            match crate::runtime::plugins::load(&engine, catalog.as_ref(), plugin) {
                 Ok(loaded) => format!("{} (the plugin's defaults)", loaded.info.default_topics.join(", ")),
+                Err(e) if e.is_absent() => {
+                    // A missing file is one of the configuration's warnings already.
+                    if plugin.file().is_none() {
+                        problems.push(format!("source {}: {e}; the source will wait for it", source.name));
+                    }
+                    "the plugin's default topics, once it is there".to_string()
+                }
                 Err(e) => {
                     problems.push(format!("source {}: cannot load its plugin: {e}", source.name));
                     "the plugin's default topics".to_string()
@@ -47,7 +61,7 @@ pub fn check(path: &Path, cache_dir: Option<PathBuf>) -> anyhow::Result<ExitCode
             source.mqtt.port(),
             source.mqtt.protocol,
             if source.mqtt.tls.is_some() { ", TLS" } else { "" },
-            source.plugin.path.display(),
+            plugin.location,
             source.plant
         );
     }
@@ -72,9 +86,27 @@ pub struct SimArgs {
     /// Broker to publish to, host:port [default: the config's, else 127.0.0.1:1883].
     #[arg(long)]
     broker: Option<String>,
-    /// Messages per second per robot [default: the config's, else 10].
-    #[arg(long)]
-    rate: Option<f64>,
+    /// Messages per second per robot [default: the config's, else 10]; with --robots also
+    /// `max`: as fast as the broker acknowledges.
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<Rate>,
+    /// Load generator: this many synthetic robots (r0000, r0001, ...) publishing ATI sherpa
+    /// status on ati/amr/<robot>/status, each robot's timestamps unique, and a JSON report of
+    /// what was published at the end (for counting loss and duplicates downstream).
+    #[arg(long, conflicts_with_all = ["config", "fleet", "formats"])]
+    robots: Option<usize>,
+    /// Load generator: MQTT connections to spread the robots over.
+    #[arg(long, default_value_t = 4, requires = "robots")]
+    connections: usize,
+    /// Load generator: QoS 1 messages in flight per connection.
+    #[arg(long, default_value_t = 100, requires = "robots")]
+    inflight: u16,
+    /// Load generator: stop after this many seconds...
+    #[arg(long, default_value_t = 30.0, requires = "robots")]
+    seconds: f64,
+    /// ...or this many messages in all.
+    #[arg(long, requires = "robots")]
+    messages: Option<u64>,
     /// Fleet name in the topics [default: the config's, else "default"].
     #[arg(long)]
     fleet: Option<String>,
@@ -86,6 +118,23 @@ pub struct SimArgs {
     config: Option<PathBuf>,
 }
 
+/// Messages per second per robot, or as fast as the broker takes them.
+#[derive(Debug, Clone, Copy)]
+pub enum Rate {
+    PerRobot(f64),
+    Max,
+}
+
+fn parse_rate(text: &str) -> Result<Rate, String> {
+    match text {
+        "max" => Ok(Rate::Max),
+        _ => match text.parse::<f64>() {
+            Ok(hz) if hz > 0.0 && hz.is_finite() => Ok(Rate::PerRobot(hz)),
+            _ => Err(format!("`{text}` is not a rate: messages per second per robot (above 0), or `max`")),
+        },
+    }
+}
+
 fn parse_format(text: &str) -> Result<SimFormat, String> {
     match text {
         "edge-sim" => Ok(SimFormat::EdgeSim),
@@ -95,6 +144,14 @@ fn parse_format(text: &str) -> Result<SimFormat, String> {
 }
 
 pub fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
+    if let Some(robots) = args.robots {
+        return load(robots, args);
+    }
+    let rate = match args.rate {
+        Some(Rate::Max) => anyhow::bail!("--rate max is for the load generator (--robots N)"),
+        Some(Rate::PerRobot(hz)) => Some(hz),
+        None => None,
+    };
     // Command-line values win over the config file's, which win over the defaults.
     let (mut sim, config_broker): (SimulatorConfig, _) = match &args.config {
         Some(path) => {
@@ -107,7 +164,7 @@ pub fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         None => (serde_json::from_value(serde_json::json!({}))?, None),
     };
     let broker = args.broker.or(config_broker).unwrap_or_else(|| "127.0.0.1:1883".into());
-    sim.rate_hz = args.rate.unwrap_or(sim.rate_hz);
+    sim.rate_hz = rate.unwrap_or(sim.rate_hz);
     sim.fleet = args.fleet.unwrap_or(sim.fleet);
     if !args.formats.is_empty() {
         sim.formats = args.formats;
@@ -121,6 +178,27 @@ pub fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         crate::sim::run(sim, broker, stopped).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `edge sim --robots N`: publishes, then prints what it published as JSON on stdout.
+fn load(robots: usize, args: SimArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(robots > 0, "--robots must be at least 1");
+    let load = crate::sim::load::Load {
+        broker: args.broker.unwrap_or_else(|| "127.0.0.1:1883".into()),
+        robots,
+        rate_hz: match args.rate {
+            Some(Rate::PerRobot(hz)) => Some(hz),
+            Some(Rate::Max) => None,
+            None => Some(1.0),
+        },
+        connections: args.connections,
+        inflight: args.inflight,
+        duration: std::time::Duration::from_secs_f64(args.seconds.max(0.0)),
+        messages: args.messages,
+    };
+    let report = tokio_runtime()?.block_on(crate::sim::load::run(load))?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(if report.acknowledged == report.published { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {

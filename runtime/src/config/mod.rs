@@ -28,6 +28,9 @@ pub struct Config {
     /// Where spool and compiled-plugin cache live (relative paths resolve against the
     /// config file's folder, as do all paths).
     pub state_dir: PathBuf,
+    /// A folder of plugin components that sources may name their plugin from (`plugin.name`);
+    /// edge lists every component in it (`/readyz`, the live page, `edge plugin list`).
+    pub plugins_dir: Option<PathBuf>,
     pub http: HttpConfig,
     /// How often the one-line summary is logged.
     pub summary_interval: Duration,
@@ -62,6 +65,7 @@ impl Config {
 struct TopLevel {
     #[serde(default = "defaults::state_dir")]
     state_dir: PathBuf,
+    plugins_dir: Option<PathBuf>,
     #[serde(default)]
     http: HttpConfig,
     #[serde(default = "defaults::summary_interval_s")]
@@ -240,6 +244,9 @@ pub struct MqttConfig {
     /// Topic filters; default: the plugin's own default topics.
     #[serde(default)]
     pub topics: Vec<String>,
+    /// Share the topics with the other edge instances of this group (`$share/<group>/<filter>`):
+    /// the broker hands each message to one of them (docs/operations.md, scaling out).
+    pub share_group: Option<String>,
     #[serde(default = "defaults::keep_alive_s")]
     pub keep_alive_s: u64,
     /// Largest MQTT packet accepted (VDA 5050 orders can be large).
@@ -264,6 +271,37 @@ impl MqttConfig {
     pub fn port(&self) -> u16 {
         self.port.unwrap_or(if self.tls.is_some() { 8883 } else { 1883 })
     }
+
+    /// The client id of source `source`: as configured, else stable across restarts (so that
+    /// the broker finds the session again): `edge-<source>`, and in a share group also the host
+    /// name, so that the group's instances on different boxes do not take each other's session.
+    pub fn client_id_for(&self, source: &str) -> String {
+        match (&self.client_id, &self.share_group) {
+            (Some(id), _) => id.clone(),
+            (None, None) => format!("edge-{source}"),
+            (None, Some(_)) => format!("edge-{source}-{}", hostname()),
+        }
+    }
+
+    /// The filters to subscribe to: `topics` (or the plugin's `defaults`), in the share group
+    /// when there is one.
+    pub fn subscriptions(&self, defaults: &[String]) -> Vec<String> {
+        let topics = if self.topics.is_empty() { defaults } else { &self.topics };
+        match &self.share_group {
+            Some(group) => topics.iter().map(|t| format!("$share/{group}/{t}")).collect(),
+            None => topics.to_vec(),
+        }
+    }
+}
+
+/// This machine's name (`localhost` when the system cannot tell).
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: a buffer of the length given; the name comes back NUL-terminated when it fits.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = if rc == 0 { buf.split(|b| *b == 0).next().unwrap_or(&[]) } else { &[] };
+    let name = String::from_utf8_lossy(name).into_owned();
+    if name.is_empty() { "localhost".into() } else { name }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -289,19 +327,72 @@ pub struct TlsConfig {
     pub insecure: bool,
 }
 
+/// The plugin a source runs: a file, or a component of `plugins_dir` named by its own name.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawPluginRef")]
 pub struct PluginRef {
-    pub path: PathBuf,
-    /// Load the file only if its sha256 is this (hex).
+    pub location: PluginLocation,
+    /// Run the component only if its sha256 is this (hex). With a name, it picks that build
+    /// among the folder's components of that name.
     pub sha256: Option<String>,
-    #[serde(default, deserialize_with = "text::string_map")]
     pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PluginLocation {
+    /// `path:` a component file.
+    File(PathBuf),
+    /// `name:` the component of `plugins_dir` whose `describe()` gives this name (the highest
+    /// version when there are several).
+    Named(String),
 }
 
 impl PluginRef {
     pub fn options(&self) -> Vec<(String, String)> {
         self.options.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// The component file, when the source names one.
+    pub fn file(&self) -> Option<&Path> {
+        match &self.location {
+            PluginLocation::File(path) => Some(path),
+            PluginLocation::Named(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for PluginLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginLocation::File(path) => write!(f, "{}", path.display()),
+            PluginLocation::Named(name) => write!(f, "plugin `{name}` of plugins_dir"),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPluginRef {
+    path: Option<PathBuf>,
+    name: Option<String>,
+    sha256: Option<String>,
+    #[serde(default, deserialize_with = "text::string_map")]
+    options: BTreeMap<String, String>,
+}
+
+impl TryFrom<RawPluginRef> for PluginRef {
+    type Error = &'static str;
+    fn try_from(raw: RawPluginRef) -> Result<Self, Self::Error> {
+        let location = match (raw.path, raw.name) {
+            (Some(path), None) => PluginLocation::File(path),
+            (None, Some(name)) if !name.trim().is_empty() => PluginLocation::Named(name),
+            (None, Some(_)) => return Err("`name` must not be empty"),
+            (Some(_), Some(_)) => {
+                return Err("give either `path` (a component file) or `name` (in plugins_dir), not both");
+            }
+            (None, None) => return Err("needs `path` (a component file) or `name` (a plugin in plugins_dir)"),
+        };
+        Ok(PluginRef { location, sha256: raw.sha256, options: raw.options })
     }
 }
 
@@ -372,7 +463,9 @@ impl Default for MotionConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchingConfig {
-    /// Positions of one device are posted together at most this often.
+    /// Posts of one device start at least this far apart (0: a post starts as soon as the
+    /// previous one ended). Either way, what arrives while a post is in flight goes together
+    /// in the next one.
     #[serde(default = "defaults::flush_interval_ms")]
     pub flush_interval_ms: u64,
     #[serde(default = "defaults::max_batch")]
@@ -488,7 +581,7 @@ mod defaults {
         2000
     }
     pub fn flush_interval_ms() -> u64 {
-        250
+        0
     }
     pub fn max_batch() -> usize {
         100

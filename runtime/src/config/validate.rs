@@ -29,6 +29,7 @@ pub(super) fn build(mut root: Value, base: &Path, errors: &mut Vec<ConfigError>)
     });
     let mut config = Config {
         state_dir: base.join(&top.state_dir),
+        plugins_dir: top.plugins_dir.map(|dir| base.join(dir)),
         http: top.http,
         summary_interval: Duration::from_secs(top.summary_interval_s.max(1)),
         sandbox: top.sandbox,
@@ -192,7 +193,9 @@ fn devices(value: Option<Value>, path: &str, errors: &mut Vec<ConfigError>) -> B
 
 fn resolve_paths(config: &mut Config, base: &Path) {
     for source in &mut config.sources {
-        source.plugin.path = base.join(&source.plugin.path);
+        if let PluginLocation::File(path) = &mut source.plugin.location {
+            *path = base.join(&*path);
+        }
         if let Some(tls) = &mut source.mqtt.tls {
             for file in [&mut tls.ca_file, &mut tls.client_cert, &mut tls.client_key].into_iter().flatten() {
                 *file = base.join(&*file);
@@ -255,6 +258,19 @@ fn check_source(config: &Config, source: &SourceConfig, path: &str, err: &mut im
     for (i, topic) in mqtt.topics.iter().enumerate() {
         if let Err(why) = check_topic_filter(topic) {
             err(format!("{path}.mqtt.topics[{i}]"), why);
+        } else if mqtt.share_group.is_some() && topic.starts_with("$share/") {
+            err(
+                format!("{path}.mqtt.topics[{i}]"),
+                "already a shared subscription: with share_group, give the plain filter".into(),
+            );
+        }
+    }
+    if let Some(group) = &mqtt.share_group {
+        if group.is_empty() || group.contains(['/', '+', '#']) {
+            err(
+                format!("{path}.mqtt.share_group"),
+                format!("`{group}` is not a share name (not empty, no `/`, `+` or `#`)"),
+            );
         }
     }
     if mqtt.host.trim().is_empty() {
@@ -280,6 +296,9 @@ fn check_source(config: &Config, source: &SourceConfig, path: &str, err: &mut im
                 err(format!("{path}.mqtt.tls.{key}"), format!("{} does not exist", file.display()));
             }
         }
+    }
+    if matches!(source.plugin.location, PluginLocation::Named(_)) && config.plugins_dir.is_none() {
+        err(format!("{path}.plugin.name"), "names a plugin, but there is no `plugins_dir` to find it in".into());
     }
     if let Some(digest) = &source.plugin.sha256 {
         if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -357,8 +376,8 @@ fn check_plant(plant: &PlantConfig, path: &str, err: &mut impl FnMut(String, Str
             );
         }
     }
-    if !(10..=60_000).contains(&plant.batching.flush_interval_ms) {
-        err(format!("{path}.batching.flush_interval_ms"), "must be between 10 and 60000".into());
+    if plant.batching.flush_interval_ms > 60_000 {
+        err(format!("{path}.batching.flush_interval_ms"), "must be between 0 and 60000".into());
     }
     if !(1..=1000).contains(&plant.batching.max_batch) {
         err(format!("{path}.batching.max_batch"), "must be between 1 and 1000".into());
@@ -399,10 +418,10 @@ fn lossy_restarts(mqtt: &super::MqttConfig) -> Option<String> {
 pub(super) fn warnings(config: &Config) -> Vec<ConfigError> {
     let mut out = Vec::new();
     for (i, source) in config.sources.iter().enumerate() {
-        if !source.plugin.path.exists() {
+        if let Some(file) = source.plugin.file().filter(|f| !f.exists()) {
             out.push(ConfigError::new(
                 format!("sources[{i}].plugin.path"),
-                format!("{} does not exist yet; the source will wait for it", source.plugin.path.display()),
+                format!("{} does not exist yet; the source will wait for it", file.display()),
             ));
         }
         if source.mqtt.tls.as_ref().is_some_and(|t| t.insecure) {
@@ -425,6 +444,12 @@ pub(super) fn warnings(config: &Config) -> Vec<ConfigError> {
                 format!("plant `{}` maps no devices: every robot will be unknown", source.plant),
             ));
         }
+    }
+    if let Some(dir) = config.plugins_dir.as_ref().filter(|d| !d.is_dir()) {
+        out.push(ConfigError::new(
+            "plugins_dir",
+            format!("{} is not a folder (yet); sources naming a plugin wait for it", dir.display()),
+        ));
     }
     if !config.http.listen.ip().is_loopback() {
         out.push(ConfigError::new("http.listen", format!("{} is reachable from other machines", config.http.listen)));

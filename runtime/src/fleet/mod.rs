@@ -6,11 +6,13 @@
 mod conditions;
 mod device;
 mod plant;
+mod plugins;
 mod source;
 
 pub use conditions::{ActiveCondition, Event, EventState, Kind, Rule, Rules, Severity};
 pub use device::{DeviceState, DeviceView, PostView, Utilisation};
 pub use plant::{PlantState, PlantView, PlantWatch, Reachability, TokenState, TwinzoState, UnknownRobot};
+pub use plugins::PluginFile;
 pub use source::{PluginLabel, SourceView, SourceWatch};
 
 use conditions::{Conditions, EventLog, Observed};
@@ -54,6 +56,9 @@ pub struct FleetView {
     pub devices: Vec<DeviceView>,
     pub unknown: Vec<UnknownRobot>,
     pub sources: Vec<SourceView>,
+    /// Every component of the plugins folder, when edge.yaml has one.
+    #[serde(default)]
+    pub plugins: Vec<PluginFile>,
     pub conditions: Vec<ActiveCondition>,
     /// The latest events, oldest first.
     pub events: Vec<Event>,
@@ -71,6 +76,7 @@ pub struct Fleet {
 struct Parts {
     sources: BTreeMap<String, (String, Arc<SourceWatch>)>,
     plants: BTreeMap<String, PlantPart>,
+    plugins: Vec<PluginFile>,
 }
 
 enum PlantPart {
@@ -131,6 +137,11 @@ impl Fleet {
         self.parts().plants.insert(name.into(), PlantPart::Down(why.into()));
     }
 
+    /// What the plugins folder holds now (after each scan).
+    pub fn set_plugins(&self, plugins: Vec<PluginFile>) {
+        self.parts().plugins = plugins;
+    }
+
     pub fn remove(&self, source: Option<&str>, plant: Option<&str>) {
         let mut parts = self.parts();
         source.map(|s| parts.sources.remove(s));
@@ -154,8 +165,6 @@ impl Fleet {
         let elapsed = judged.last_tick.elapsed();
         judged.last_tick = Instant::now();
         let mut view = FleetView { at_ms: now_ms, ..FleetView::default() };
-        let (ready, _) = self.readiness_with(&judgement);
-        view.ready = ready;
         {
             let parts = self.parts();
             for (name, plant) in &parts.plants {
@@ -169,12 +178,13 @@ impl Fleet {
                     PlantPart::Down(why) => view.plants.push(PlantView::down(name, why)),
                 }
             }
-            for (name, (plant, watch)) in &parts.sources {
-                let mut source = watch.view(name, plant, judgement.call_timeout);
-                let before = judged.messages.insert(name.clone(), source.messages).unwrap_or(source.messages);
+            view.sources = source_views(&parts, judgement.call_timeout);
+            for source in &mut view.sources {
+                let before = judged.messages.insert(source.name.clone(), source.messages).unwrap_or(source.messages);
                 source.messages_per_s = (source.messages - before) as f64 / elapsed.as_secs_f64().max(0.001);
-                view.sources.push(source);
             }
+            view.plugins = plugins_in_use(&parts.plugins, &view.sources);
+            view.ready = readiness_of(&parts, &view.sources, &view.plugins).0;
         }
         let observed = judged.observe(&view, now_ms, &judgement.rules);
         let events = judged.conditions.update(now_ms, observed, &judgement.rules);
@@ -194,44 +204,65 @@ impl Fleet {
 
     /// What /readyz says: `(ready, details)`.
     pub fn readiness(&self) -> (bool, Value) {
-        let judgement = self.judgement.lock().expect("fleet lock").clone();
-        self.readiness_with(&judgement)
-    }
-
-    fn readiness_with(&self, judgement: &Judgement) -> (bool, Value) {
+        let call_timeout = self.judgement.lock().expect("fleet lock").call_timeout;
         let parts = self.parts();
-        let mut ready = true;
-        let mut sources = serde_json::Map::new();
-        for (name, (_, watch)) in &parts.sources {
-            let view = watch.view(name, "", judgement.call_timeout);
-            let plugin = view.plugin.as_ref().map(|p| format!("{}@{}", p.name, p.version));
-            ready &= plugin.is_some() && watch.ready() && view.plugin_problem.is_none();
-            sources.insert(
-                name.clone(),
-                json!({
-                    "plugin": plugin,
-                    "plugin_problem": view.plugin_problem,
-                    "connected": view.connected,
-                    "subscription_error": view.subscription_error,
-                }),
-            );
-        }
-        let mut plants = serde_json::Map::new();
-        for (name, plant) in &parts.plants {
-            let (state, problem) = match plant {
-                PlantPart::Running(watch) => {
-                    ready &= watch.reach.get() == Some(true);
-                    (watch.reach.state(), None)
-                }
-                PlantPart::Down(why) => {
-                    ready = false;
-                    (TwinzoState::NotRunning, Some(why.clone()))
-                }
-            };
-            plants.insert(name.clone(), json!({ "twinzo": state, "problem": problem }));
-        }
-        (ready, json!({ "ready": ready, "sources": sources, "plants": plants }))
+        let sources = source_views(&parts, call_timeout);
+        readiness_of(&parts, &sources, &plugins_in_use(&parts.plugins, &sources))
     }
+}
+
+fn source_views(parts: &Parts, call_timeout: Duration) -> Vec<SourceView> {
+    parts.sources.iter().map(|(name, (plant, watch))| watch.view(name, plant, call_timeout)).collect()
+}
+
+/// Ready: every source connected, subscribed and running a healthy plugin; every plant running
+/// and reaching Twinzo. With the details `/readyz` shows.
+fn readiness_of(parts: &Parts, sources: &[SourceView], plugins: &[PluginFile]) -> (bool, Value) {
+    let mut ready = true;
+    let mut by_source = serde_json::Map::new();
+    for view in sources {
+        let plugin = view.plugin.as_ref().map(|p| format!("{}@{}", p.name, p.version));
+        ready &=
+            plugin.is_some() && view.connected && view.subscription_error.is_none() && view.plugin_problem.is_none();
+        by_source.insert(
+            view.name.clone(),
+            json!({
+                "plugin": plugin,
+                "sha256": view.plugin.as_ref().map(|p| p.sha256.clone()),
+                "plugin_problem": view.plugin_problem,
+                "connected": view.connected,
+                "subscription_error": view.subscription_error,
+            }),
+        );
+    }
+    let mut plants = serde_json::Map::new();
+    for (name, plant) in &parts.plants {
+        let (state, problem) = match plant {
+            PlantPart::Running(watch) => {
+                ready &= watch.reach.get() == Some(true);
+                (watch.reach.state(), None)
+            }
+            PlantPart::Down(why) => {
+                ready = false;
+                (TwinzoState::NotRunning, Some(why.clone()))
+            }
+        };
+        plants.insert(name.clone(), json!({ "twinzo": state, "problem": problem }));
+    }
+    (ready, json!({ "ready": ready, "sources": by_source, "plants": plants, "plugins": plugins }))
+}
+
+/// The folder's files, each with the sources that run that very build.
+fn plugins_in_use(files: &[PluginFile], sources: &[SourceView]) -> Vec<PluginFile> {
+    let mut files = files.to_vec();
+    for file in files.iter_mut().filter(|f| f.error.is_none()) {
+        file.used_by = sources
+            .iter()
+            .filter(|s| s.plugin.as_ref().is_some_and(|p| p.sha256 == file.sha256))
+            .map(|s| s.name.clone())
+            .collect();
+    }
+    files
 }
 
 /// Per device, utilisation since start and whether it is stale, as Prometheus gauges.

@@ -48,11 +48,6 @@ impl SourceWatch {
         self.state.lock().expect("source watch lock")
     }
 
-    /// Connected, and every subscription accepted.
-    pub fn ready(&self) -> bool {
-        self.connected.load(Relaxed) && self.state().subscription_error.is_none()
-    }
-
     pub fn subscribed(&self, accepted: Vec<String>, refused: Option<String>) {
         let mut state = self.state();
         (state.subscribed, state.subscription_error) = (accepted, refused);

@@ -23,8 +23,23 @@ pub struct Overran;
 
 /// Runs `call` on this thread until it finishes or `deadline` has passed. Must not be called
 /// from async code (plugin calls run on plugin threads and blocking threads).
+///
+/// A call that computes and returns finishes in its first poll: it needs no timer (arming one
+/// on the timer thread costs more than an ATI message's translation). Only a call that waits
+/// in a host call gets one, for what is left of its deadline.
 pub fn run<F: Future>(deadline: Duration, call: F) -> Result<F::Output, Overran> {
-    TIMERS.handle().block_on(async move { tokio::time::timeout(deadline, call).await }).map_err(|_| Overran)
+    let started = std::time::Instant::now();
+    let mut call = std::pin::pin!(call);
+    {
+        // Host calls that wait (WASI sleeps) register with the timer runtime, even in this poll.
+        let _context = TIMERS.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(output) = call.as_mut().poll(&mut cx) {
+            return Ok(output);
+        }
+    }
+    let left = deadline.saturating_sub(started.elapsed());
+    TIMERS.handle().block_on(async move { tokio::time::timeout(left, call).await }).map_err(|_| Overran)
 }
 
 #[cfg(test)]

@@ -76,6 +76,20 @@ impl PluginEngine {
         options: &[(String, String)],
         pinned_sha256: Option<&str>,
     ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let plugin = Arc::new(self.compile_checked(path, wasm, options, pinned_sha256)?);
+        // One configured instance proves the options are accepted before anyone relies on it.
+        PluginInstance::start(plugin.clone())?;
+        Ok(plugin)
+    }
+
+    /// Compiles (through the cache), checks the contract, links and describes; not configured.
+    fn compile_checked(
+        &self,
+        path: &Path,
+        wasm: &[u8],
+        options: &[(String, String)],
+        pinned_sha256: Option<&str>,
+    ) -> Result<LoadedPlugin, LoadError> {
         let digest = sha256_hex(wasm);
         if let Some(expected) = pinned_sha256.filter(|e| !e.eq_ignore_ascii_case(&digest)) {
             return Err(LoadError::DigestMismatch { path: path.into(), expected: expected.into(), found: digest });
@@ -119,10 +133,15 @@ impl PluginEngine {
             engine: self.clone(),
         };
         plugin.info = plugin.describe()?;
-        let plugin = Arc::new(plugin);
-        // One configured instance proves the options are accepted before anyone relies on it.
-        PluginInstance::start(plugin.clone())?;
         Ok(plugin)
+    }
+
+    /// Reads, compiles and checks the plugin at `path` and asks it to describe itself, without
+    /// configuring it: what a folder listing shows of a plugin whose options are not known.
+    /// Give it options with [`LoadedPlugin::with_options`] before running it. Blocking.
+    pub fn examine(&self, path: &Path) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let wasm = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        self.compile_checked(path, &wasm, &[], None).map(Arc::new)
     }
 
     pub(super) fn new_store(&self, plugin_name: Arc<str>) -> Store<HostState> {

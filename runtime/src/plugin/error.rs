@@ -22,6 +22,20 @@ pub enum LoadError {
     Configure { path: PathBuf, reason: String },
     #[error("plugin {} has sha256 {found}, but edge.yaml pins {expected}", path.display())]
     DigestMismatch { path: PathBuf, expected: String, found: String },
+    /// A source names a plugin that its plugins folder does not hold (yet).
+    #[error("no plugin named `{name}` in {} ({holds})", dir.display())]
+    NotInFolder { name: String, dir: PathBuf, holds: String },
+}
+
+impl LoadError {
+    /// The plugin is not there (yet): no such file, or no such name in the plugins folder.
+    pub fn is_absent(&self) -> bool {
+        match self {
+            LoadError::Read { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            LoadError::NotInFolder { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// One `translate` call that produced no positions.

@@ -6,6 +6,7 @@
 
 mod bindings;
 mod cache;
+pub mod catalog;
 mod contract;
 mod deadline;
 mod engine;
@@ -15,6 +16,7 @@ mod instance;
 mod sandbox;
 
 pub use cache::{CacheOutcome, sha256_hex};
+pub use catalog::{Catalog, CatalogFile};
 pub use contract::{CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentSummary};
 pub use engine::{LoadedPlugin, PluginEngine, PluginInfo};
 pub use error::{CallError, LoadError};

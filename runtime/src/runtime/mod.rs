@@ -5,12 +5,13 @@
 //! (batching, posting). Every arrow is a bounded channel, so a slow stage pushes back.
 
 mod plant;
+pub mod plugins;
 mod source;
 mod watch;
 
 use crate::config::{self, Config, SourceConfig};
 use crate::fleet::Fleet;
-use crate::plugin::{LoadError, LoadedPlugin, PluginEngine, SandboxLimits};
+use crate::plugin::{Catalog, LoadError, LoadedPlugin, PluginEngine, SandboxLimits};
 use plant::{PlantDown, PlantRuntime, PlantSettings};
 use source::{Route, SourceRuntime};
 use std::collections::{BTreeMap, HashSet};
@@ -56,6 +57,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config_path,
         config: Config { sources: Vec::new(), plants: Vec::new(), simulator: None, ..config.clone() },
         engine,
+        catalog: None,
         fleet,
         alerts,
         plants: BTreeMap::new(),
@@ -91,9 +93,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = stop.wait_for(|s| *s) => break,
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reading the configuration and plugin files again");
-                let mut paths: HashSet<PathBuf> = runtime.config.sources.iter().map(|s| s.plugin.path.clone()).collect();
+                let mut paths = runtime.watched_files();
                 paths.insert(runtime.config_path.clone());
                 runtime.on_files_changed(&paths).await;
+                runtime.on_plugins_dir_changed().await;
             }
             Some(path) = changes.recv() => {
                 let paths = debounce(path, &mut changes).await;
@@ -122,6 +125,8 @@ struct Runtime {
     config_path: PathBuf,
     config: Config,
     engine: PluginEngine,
+    /// What `plugins_dir` held at its last scan (None without one).
+    catalog: Option<Arc<Catalog>>,
     fleet: Arc<Fleet>,
     /// The alerting configuration the fleet's heartbeat follows.
     alerts: tokio::sync::watch::Sender<config::AlertsConfig>,
@@ -138,6 +143,11 @@ impl Runtime {
     /// Moves the running system to `new`. Nothing changes if a plugin that a source is
     /// running cannot be replaced by the one the new config asks for.
     async fn apply(&mut self, new: Config) -> anyhow::Result<()> {
+        // Watch first: a file that lands while this runs is then reloaded, not missed.
+        self.watch_files(&new);
+        if self.catalog.as_ref().map(|c| &c.dir) != new.plugins_dir.as_ref() {
+            self.scan_plugins_dir(new.plugins_dir.as_deref()).await;
+        }
         let plugins = self.plugins_for(&new).await?;
         for plant in &new.plants {
             let settings = PlantSettings::of(plant, &new);
@@ -187,7 +197,6 @@ impl Runtime {
             changed
         });
         self.config = new;
-        self.watch_files();
         Ok(())
     }
 
@@ -288,21 +297,67 @@ impl Runtime {
     }
 
     async fn load_plugin(&self, source: &SourceConfig) -> Result<Arc<LoadedPlugin>, LoadError> {
-        let (engine, plugin) = (self.engine.clone(), source.plugin.clone());
-        tokio::task::spawn_blocking(move || engine.load(&plugin.path, &plugin.options(), plugin.sha256.as_deref()))
+        let (engine, catalog, plugin) = (self.engine.clone(), self.catalog.clone(), source.plugin.clone());
+        tokio::task::spawn_blocking(move || plugins::load(&engine, catalog.as_deref(), &plugin))
             .await
             .expect("plugin loading does not panic")
+    }
+
+    /// Scans the plugins folder (or forgets it) and shows what it holds in the fleet view.
+    async fn scan_plugins_dir(&mut self, dir: Option<&Path>) {
+        let Some(dir) = dir.map(Path::to_path_buf) else {
+            self.catalog = None;
+            self.fleet.set_plugins(Vec::new());
+            return;
+        };
+        let engine = self.engine.clone();
+        let catalog = tokio::task::spawn_blocking(move || plugins::scan(&engine, &dir))
+            .await
+            .expect("scanning plugins does not panic");
+        self.fleet.set_plugins(plugins::listing(&catalog));
+        self.catalog = Some(Arc::new(catalog));
     }
 
     async fn on_files_changed(&mut self, paths: &HashSet<PathBuf>) {
         if paths.contains(&self.config_path) {
             self.reload_config().await;
         }
-        let plugin_paths: HashSet<PathBuf> =
-            self.config.sources.iter().map(|s| s.plugin.path.clone()).filter(|p| paths.contains(p)).collect();
+        let plugin_paths: HashSet<PathBuf> = self
+            .config
+            .sources
+            .iter()
+            .filter_map(|s| s.plugin.file())
+            .filter(|p| paths.contains(*p))
+            .map(Path::to_path_buf)
+            .collect();
         for path in plugin_paths {
-            self.reload_plugin(&path).await;
+            let users: Vec<SourceConfig> =
+                self.config.sources.iter().filter(|s| s.plugin.file() == Some(path.as_path())).cloned().collect();
+            for source in users {
+                self.reload_plugin(&source).await;
+            }
         }
+        let dir = self.config.plugins_dir.as_deref();
+        if dir.is_some_and(|dir| paths.iter().any(|p| p.parent() == Some(dir))) {
+            self.on_plugins_dir_changed().await;
+        }
+    }
+
+    /// A file of the plugins folder came, went or changed: scan it again, and move every source
+    /// that names its plugin to what the name now resolves to.
+    async fn on_plugins_dir_changed(&mut self) {
+        let dir = self.config.plugins_dir.clone();
+        self.scan_plugins_dir(dir.as_deref()).await;
+        let users: Vec<SourceConfig> =
+            self.config.sources.iter().filter(|s| s.plugin.file().is_none()).cloned().collect();
+        for source in users {
+            self.reload_plugin(&source).await;
+        }
+    }
+
+    /// The sources' plugin files, whose changes reload them.
+    fn watched_files(&self) -> HashSet<PathBuf> {
+        plugin_files(&self.config)
     }
 
     async fn reload_config(&mut self) {
@@ -332,31 +387,28 @@ impl Runtime {
         }
     }
 
-    /// A plugin file changed: load it for every source that uses it, and swap it in where it
-    /// loads and passes its checks. A bad file changes nothing.
-    async fn reload_plugin(&mut self, path: &Path) {
-        let users: Vec<SourceConfig> = self.config.sources.iter().filter(|s| s.plugin.path == path).cloned().collect();
-        for source in users {
-            let running = self.sources.get(&source.name).and_then(SourceRuntime::plugin);
-            let outcome = self.load_plugin(&source).await;
-            match (outcome, running) {
-                (Ok(new), Some(old)) if new.sha256 == old.sha256 => {}
-                (Ok(new), _) => {
-                    metrics::counter!("edge_reloads_total", "kind" => "plugin", "outcome" => "applied").increment(1);
-                    tracing::info!(source = %source.name, plugin = %new.info.name, version = %new.info.version, sha256 = &new.sha256[..12], "plugin loaded; new messages use it");
-                    self.apply_source(&source, Some(new)).await;
-                }
-                (Err(LoadError::Read { .. }), Some(_)) if !path.exists() => {
-                    tracing::warn!(source = %source.name, path = %path.display(), "plugin file removed; the source keeps running the version it loaded");
-                }
-                (Err(e), running) => {
-                    metrics::counter!("edge_reloads_total", "kind" => "plugin", "outcome" => "rejected").increment(1);
-                    match running {
-                        Some(_) => {
-                            tracing::error!(source = %source.name, "rejected the new plugin file, keeping the running version: {e}")
-                        }
-                        None => log_waiting(&source.name, &e),
+    /// A source's plugin may have changed (its file, or what its name resolves to): load it
+    /// again and swap it in where it loads, passes its checks and is another build. A bad file
+    /// changes nothing.
+    async fn reload_plugin(&mut self, source: &SourceConfig) {
+        let running = self.sources.get(&source.name).and_then(SourceRuntime::plugin);
+        match (self.load_plugin(source).await, running) {
+            (Ok(new), Some(old)) if new.sha256 == old.sha256 => {}
+            (Ok(new), _) => {
+                metrics::counter!("edge_reloads_total", "kind" => "plugin", "outcome" => "applied").increment(1);
+                tracing::info!(source = %source.name, plugin = %new.info.name, version = %new.info.version, sha256 = &new.sha256[..12], file = %new.path.display(), "plugin loaded; new messages use it");
+                self.apply_source(source, Some(new)).await;
+            }
+            (Err(e), Some(_)) if e.is_absent() => {
+                tracing::warn!(source = %source.name, plugin = %source.plugin.location, "plugin gone; the source keeps running the version it loaded: {e}");
+            }
+            (Err(e), running) => {
+                metrics::counter!("edge_reloads_total", "kind" => "plugin", "outcome" => "rejected").increment(1);
+                match running {
+                    Some(_) => {
+                        tracing::error!(source = %source.name, "rejected the new plugin file, keeping the running version: {e}")
                     }
+                    None => log_waiting(&source.name, &e),
                 }
             }
         }
@@ -403,12 +455,12 @@ impl Runtime {
         self.simulator = Some(stop);
     }
 
-    fn watch_files(&mut self) {
+    /// Watches the config file, `config`'s plugin files and its plugins folder.
+    fn watch_files(&mut self, config: &Config) {
+        let mut files = plugin_files(config);
+        files.insert(self.config_path.clone());
         let Some(watcher) = &mut self.watcher else { return };
-        let files: Vec<&Path> = std::iter::once(self.config_path.as_path())
-            .chain(self.config.sources.iter().map(|s| s.plugin.path.as_path()))
-            .collect();
-        watcher.watch_files(files);
+        watcher.watch(&files, config.plugins_dir.as_deref());
     }
 
     /// Bounded and lossless: sources finish the messages in flight and acknowledge them (the
@@ -450,6 +502,10 @@ async fn judge_fleet(fleet: Arc<Fleet>, mut config: tokio::sync::watch::Receiver
     }
 }
 
+fn plugin_files(config: &Config) -> HashSet<PathBuf> {
+    config.sources.iter().filter_map(|s| s.plugin.file()).map(Path::to_path_buf).collect()
+}
+
 /// Runs the futures concurrently to completion.
 async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(futures: impl Iterator<Item = F>) {
     let mut set = tokio::task::JoinSet::new();
@@ -460,11 +516,10 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
 }
 
 fn log_waiting(source: &str, error: &LoadError) {
-    match error {
-        LoadError::Read { path, .. } if !path.exists() => {
-            tracing::warn!(source, path = %path.display(), "plugin file does not exist yet; the source will connect once it appears")
-        }
-        e => tracing::error!(source, "cannot load the plugin; the source waits for a good file: {e}"),
+    if error.is_absent() {
+        tracing::warn!(source, "the plugin is not there yet; the source will connect once it appears: {error}")
+    } else {
+        tracing::error!(source, "cannot load the plugin; the source waits for a good file: {error}")
     }
 }
 

@@ -24,6 +24,8 @@ use tokio::task::JoinSet;
 const GROUP_COMMIT: usize = 256;
 /// How often the spool's size and age policy runs.
 const ENFORCE_EVERY: Duration = Duration::from_secs(5);
+/// Deletes of delivered positions ride on the next write; without one, they go this often.
+const FLUSH_REMOVED_EVERY: Duration = Duration::from_secs(1);
 /// A spool write failure episode ends after this long without a failure.
 const WRITABLE_AGAIN_AFTER: Duration = Duration::from_secs(5);
 /// While writes keep failing, a reminder this often.
@@ -152,12 +154,17 @@ struct PlantState {
 async fn run(mut plant: PlantState, mut rx: mpsc::Receiver<PlantMsg>) {
     let mut batch = Batch::new();
     let mut enforce = tokio::time::interval(ENFORCE_EVERY);
+    let mut flush = tokio::time::interval(FLUSH_REMOVED_EVERY);
     loop {
         let first = tokio::select! {
             msg = rx.recv() => match msg {
                 Some(msg) => msg,
                 None => break,
             },
+            _ = flush.tick() => {
+                flush_removed(&plant.spool).await;
+                continue;
+            }
             _ = enforce.tick() => {
                 enforce_limits(&plant.spool, &plant.limits, &plant.sink.watch).await;
                 batch.trouble_over(&plant.sink.watch);
@@ -195,6 +202,19 @@ async fn run(mut plant: PlantState, mut rx: mpsc::Receiver<PlantMsg>) {
         plant.report_backlog(positions, newest);
     }
     plant.sink.finish().await;
+    flush_removed(&plant.spool).await;
+}
+
+/// Deletes what the device workers delivered since the last write (a failure keeps them owed).
+async fn flush_removed(spool: &Arc<Spool>) {
+    if spool.removed_waiting() == 0 {
+        return;
+    }
+    let spool = spool.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || spool.flush_removed()).await.expect("spool calls do not panic")
+    {
+        tracing::debug!("cannot delete delivered positions from the spool yet: {e}");
+    }
 }
 
 impl PlantState {

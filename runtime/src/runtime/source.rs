@@ -8,7 +8,7 @@ use crate::episode::{Episode, News};
 use crate::fleet::{PluginLabel, SourceWatch};
 use crate::pipeline::Transform;
 use crate::plugin::{CallError, LoadedPlugin, PluginInstance};
-use crate::source::{Inbound, SessionMemory, default_client_id, run_source};
+use crate::source::{Inbound, SessionMemory, run_source};
 use arc_swap::ArcSwapOption;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -85,13 +85,9 @@ impl SourceRuntime {
     /// Connects to the broker, subscribing to the configured topics or the plugin's defaults.
     pub fn connect(&mut self) {
         let (Some(tx), Some(plugin)) = (self.inbound.clone(), self.plugin()) else { return };
-        let topics = if self.config.mqtt.topics.is_empty() {
-            plugin.info.default_topics.clone()
-        } else {
-            self.config.mqtt.topics.clone()
-        };
         let mqtt = &self.config.mqtt;
-        let client_id = mqtt.client_id.clone().unwrap_or_else(|| default_client_id(&self.config.name));
+        let topics = mqtt.subscriptions(&plugin.info.default_topics);
+        let client_id = mqtt.client_id_for(&self.config.name);
         let session = SessionMemory::new(
             self.sessions_dir.as_ref().map(|dir| dir.join(format!("{}.json", self.config.name))),
             &format!("{}:{}", mqtt.host, mqtt.port()),

@@ -1,5 +1,6 @@
 //! One device's worker: takes that device's positions from the plant's spool, posts them as
-//! batches, and removes them only once Twinzo confirmed them. With a backlog (after an outage,
+//! soon as nothing is in flight (what arrives meanwhile makes the next batch), and removes them
+//! only once Twinzo confirmed them. With a backlog (after an outage,
 //! or while the plant takes one from the broker) the newest position goes first, so the twin
 //! is current at once, and the history follows in time order at a bounded rate. A batch Twinzo
 //! refuses is split until the locations it will not take are found and dead-lettered. One
@@ -89,6 +90,10 @@ impl Drop for DeviceHandle {
 pub struct DeviceWorker {
     plant: String,
     robot: String,
+    /// This device's metrics, looked up once (a lookup with labels costs more than the update).
+    meters: Meters,
+    /// When the last post started (`batching.flush_interval_ms` apart at the least).
+    last_post: Option<tokio::time::Instant>,
     spool: Arc<Spool>,
     wake: Arc<Notify>,
     stop: watch::Receiver<bool>,
@@ -102,11 +107,26 @@ pub struct DeviceWorker {
     backlog: Arc<Backlog>,
     /// The newest timestamp posted (delivered or dead-lettered): a newer one jumps the queue.
     posted_up_to: Option<u64>,
-    /// Delivered positions the spool could not forget yet (a full disk): forgotten before
-    /// anything is posted again, so they are not posted twice.
-    delivered_not_removed: Vec<i64>,
     /// Spool errors, as one episode: a line at the first, one a minute, one when it works again.
     spool_trouble: Episode,
+}
+
+/// A device's metrics.
+struct Meters {
+    queued: metrics::Gauge,
+    posted: metrics::Counter,
+    post_seconds: metrics::Histogram,
+}
+
+impl Meters {
+    fn new(plant: &str, robot: &str) -> Self {
+        let labels = [("plant", plant.to_string()), ("device", robot.to_string())];
+        Meters {
+            queued: metrics::gauge!("edge_spool_queued", &labels),
+            posted: metrics::counter!("edge_positions_posted_total", &labels),
+            post_seconds: metrics::histogram!("edge_twinzo_post_seconds", "plant" => plant.to_string()),
+        }
+    }
 }
 
 /// What to do after one post.
@@ -137,6 +157,8 @@ impl DeviceWorker {
         let worker = DeviceWorker {
             plant: plant.into(),
             robot: robot.into(),
+            meters: Meters::new(plant, robot),
+            last_post: None,
             spool,
             wake: wake.clone(),
             stop,
@@ -147,7 +169,6 @@ impl DeviceWorker {
             watch,
             backlog,
             posted_up_to: None,
-            delivered_not_removed: Vec::new(),
             spool_trouble: Episode::new(Duration::from_secs(60), Duration::MAX),
         };
         (DeviceHandle { wake, stop: stop_tx }, worker)
@@ -165,18 +186,28 @@ impl DeviceWorker {
                         () = tokio::time::sleep(POLL) => {}
                         _ = self.stop.wait_for(|s| *s) => break,
                     }
-                    // Let the batch window fill.
-                    Duration::from_millis(self.pacing.batching.flush_interval_ms)
+                    self.until_next_post_may_start()
                 }
-                Next::After(wait) => wait,
+                Next::After(wait) => wait.max(self.until_next_post_may_start()),
             };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                _ = self.stop.wait_for(|s| *s) => break,
+            // Not even a zero sleep otherwise: the timer wheel would make it a millisecond.
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = self.stop.wait_for(|s| *s) => break,
+                }
             }
             next = self.post_once().await;
         }
         let _ = tokio::time::timeout(LAST_POST, self.post_once()).await;
+    }
+
+    /// With `batching.flush_interval_ms` above 0, posts start that far apart at the least;
+    /// with 0 (the default), a post starts as soon as the one before it ended.
+    fn until_next_post_may_start(&self) -> Duration {
+        let interval = Duration::from_millis(self.pacing.batching.flush_interval_ms);
+        self.last_post
+            .map_or(Duration::ZERO, |at| (at + interval).saturating_duration_since(tokio::time::Instant::now()))
     }
 
     /// Posts one batch from the spool.
@@ -198,21 +229,21 @@ impl DeviceWorker {
     }
 
     async fn try_post(&mut self) -> Result<Next, SpoolError> {
-        if !self.delivered_not_removed.is_empty() {
-            let ids = std::mem::take(&mut self.delivered_not_removed);
-            self.forget(ids).await?;
-        }
-        let robot = self.robot.clone();
         let holding = self.backlog.taking();
         let want =
             BatchRequest { max: self.pacing.batching.max_batch, posted_up_to: self.posted_up_to, history: !holding };
-        let batch = self.spool(move |s| s.next_batch(&robot, want)).await?;
+        let batch = match self.spool.next_batch_from_memory(&self.robot, want) {
+            Some(batch) => batch,
+            None => {
+                let robot = self.robot.clone();
+                self.spool(move |s| s.next_batch(&robot, want)).await?
+            }
+        };
         if batch.quarantined > 0 {
             tracing::error!(plant = %self.plant, robot = %self.robot, rows = batch.quarantined, "unreadable positions in the spool moved to the dead letters (reason undecodable)");
             metrics::counter!("edge_spool_dead_letters_total", "plant" => self.plant.clone(), "device" => self.robot.clone(), "reason" => "undecodable").increment(batch.quarantined);
         }
-        metrics::gauge!("edge_spool_queued", "plant" => self.plant.clone(), "device" => self.robot.clone())
-            .set(batch.pending as f64);
+        self.meters.queued.set(batch.pending as f64);
         if batch.pending == 0 {
             return Ok(Next::Idle);
         }
@@ -221,6 +252,7 @@ impl DeviceWorker {
             return Ok(Next::After(BACKLOG_CADENCE));
         }
         let sent = batch.rows.len() as u64;
+        self.last_post = Some(tokio::time::Instant::now());
         if let Delivery::Retry(after) = self.deliver(batch.rows).await? {
             let wait = after.map_or_else(|| self.retry.next_delay(), |a| a.min(MAX_RETRY_AFTER));
             return Ok(Next::After(wait));
@@ -233,7 +265,8 @@ impl DeviceWorker {
             _ if batch.pending > self.pacing.batching.max_batch as u64 => {
                 Next::After(Duration::from_secs_f64(sent as f64 / self.pacing.replay_per_second.max(1) as f64))
             }
-            _ => Next::After(Duration::from_millis(self.pacing.batching.flush_interval_ms)),
+            // What arrived while this post was in flight goes next.
+            _ => Next::After(Duration::ZERO),
         })
     }
 
@@ -246,19 +279,18 @@ impl DeviceWorker {
             let ids: Vec<i64> = part.iter().map(|r| r.id).collect();
             let started = std::time::Instant::now();
             let result = self.poster.post(&batch).await;
-            metrics::histogram!("edge_twinzo_post_seconds", "plant" => self.plant.clone())
-                .record(started.elapsed().as_secs_f64());
+            self.meters.post_seconds.record(started.elapsed().as_secs_f64());
             match result {
                 PostResult::Accepted => {
                     self.delivered(batch.len());
-                    self.forget(ids).await?;
+                    self.spool.remove(&self.robot, &ids);
                 }
                 PostResult::Partial { rejected, reason, detail } => {
                     let refused: Vec<i64> = rejected.iter().filter_map(|i| ids.get(*i).copied()).collect();
                     let kept: Vec<i64> = ids.iter().copied().filter(|id| !refused.contains(id)).collect();
                     tracing::warn!(plant = %self.plant, robot = %self.robot, rejected = refused.len(), "Twinzo refused some locations (dead-lettered): {detail}");
                     self.delivered(batch.len() - rejected.len());
-                    self.forget(kept).await?;
+                    self.spool.remove(&self.robot, &kept);
                     self.dead_letter(refused, reason, &detail).await?;
                 }
                 PostResult::Refused { reason, .. } if part.len() > 1 => {
@@ -291,16 +323,10 @@ impl DeviceWorker {
         tokio::task::spawn_blocking(move || f(&spool)).await.expect("spool calls do not panic")
     }
 
-    /// Removes delivered positions from the spool, or remembers them until it can.
-    async fn forget(&mut self, ids: Vec<i64>) -> Result<(), SpoolError> {
-        let keep = ids.clone();
-        self.spool(move |s| s.remove(&ids)).await.inspect_err(|_| self.delivered_not_removed = keep)
-    }
-
     async fn dead_letter(&self, ids: Vec<i64>, reason: &'static str, detail: &str) -> Result<(), SpoolError> {
         let n = ids.len() as u64;
-        let detail = detail.to_string();
-        self.spool(move |s| s.dead_letter(&ids, reason, &detail)).await?;
+        let (robot, detail) = (self.robot.clone(), detail.to_string());
+        self.spool(move |s| s.dead_letter(&robot, &ids, reason, &detail)).await?;
         metrics::counter!("edge_spool_dead_letters_total", "plant" => self.plant.clone(), "device" => self.robot.clone(), "reason" => reason).increment(n);
         Ok(())
     }
@@ -308,8 +334,7 @@ impl DeviceWorker {
     fn delivered(&mut self, n: usize) {
         self.watch.reach.set(true);
         self.watch.posted(&self.robot, n as u64);
-        metrics::counter!("edge_positions_posted_total", "plant" => self.plant.clone(), "device" => self.robot.clone())
-            .increment(n as u64);
+        self.meters.posted.increment(n as u64);
         crate::stats::STATS.posted.fetch_add(n as u64, Relaxed);
         self.retry.reset();
         if let Some(News::Ended { count, lasted }) = self.failing.end() {

@@ -8,6 +8,6 @@ mod session;
 mod tls;
 
 pub use ack::Ack;
-pub use mqtt::{Inbound, StopSignal, default_client_id, run_source};
+pub use mqtt::{Inbound, StopSignal, run_source};
 pub use session::SessionMemory;
 pub use tls::{install_crypto_provider, tls_client_config};

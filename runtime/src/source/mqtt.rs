@@ -60,7 +60,7 @@ pub async fn run_source(
     session: SessionMemory,
     mut stop: StopSignal,
 ) {
-    let client_id = config.client_id.clone().unwrap_or_else(|| default_client_id(&name));
+    let client_id = config.client_id_for(&name);
     let endpoint = format!("{}:{} as {client_id}", config.host, config.port());
     let (client, events) = match connect(&config, &client_id) {
         Ok(pair) => pair,
@@ -101,12 +101,6 @@ pub async fn run_source(
         short_sessions: 0,
     };
     connection.run(&mut stop).await;
-}
-
-/// The client id a source uses unless configured: stable across restarts, so that the broker
-/// finds the session again.
-pub fn default_client_id(source: &str) -> String {
-    format!("edge-{source}")
 }
 
 type PollFuture = Pin<Box<dyn Future<Output = (EventLoop, Result<Event, Failure>)> + Send>>;

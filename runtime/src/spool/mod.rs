@@ -8,6 +8,7 @@
 //! while `edge run` holds the file.
 
 mod store;
+mod tails;
 
 pub use store::{
     BatchRequest, DeadRow, DeviceCounts, DiskLimits, NextBatch, Purge, Refused, Row, Spool, SpoolError, SpoolLimits,

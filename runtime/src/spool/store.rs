@@ -1,6 +1,8 @@
-//! The SQLite tables and every statement on them. All calls block: async code calls them
-//! through `spawn_blocking`.
+//! The SQLite tables and every statement on them, with the memory of each device's queue
+//! beside them (`tails`). Calls that touch SQLite block: async code calls them through
+//! `spawn_blocking`; [`Spool::next_batch_from_memory`] and [`Spool::remove`] never do.
 
+use super::tails::{Pick, Tails, pick};
 use crate::model::{TwinzoLocation, now_ms};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::collections::BTreeMap;
@@ -104,7 +106,10 @@ pub enum Purge {
 pub struct Spool {
     path: PathBuf,
     min_free_bytes: u64,
+    /// Lock order: `conn`, then `tails`. A write commits and updates the tails while it holds
+    /// `conn`, so whoever holds `conn` sees SQLite and memory agree.
     conn: Mutex<Connection>,
+    tails: Mutex<Tails>,
 }
 
 /// Write-ahead log pages between checkpoints: SQLite's default of 1000 (4 MB), fewer when
@@ -164,7 +169,12 @@ impl Spool {
             let page: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0)).map_err(|e| open_err(e.into()))?;
             conn.pragma_update(None, "max_page_count", (cap / page).max(16)).map_err(|e| open_err(e.into()))?;
         }
-        Ok(Spool { path: path.into(), min_free_bytes: disk.min_free_bytes, conn: Mutex::new(conn) })
+        Ok(Spool {
+            path: path.into(),
+            min_free_bytes: disk.min_free_bytes,
+            conn: Mutex::new(conn),
+            tails: Mutex::default(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -178,6 +188,10 @@ impl Spool {
         } else {
             SpoolError::Sqlite { path: self.path.clone(), source }
         }
+    }
+
+    fn tails(&self) -> std::sync::MutexGuard<'_, Tails> {
+        self.tails.lock().expect("spool tails lock")
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, SpoolError> {
@@ -211,7 +225,8 @@ impl Spool {
     }
 
     /// As [`append`](Self::append), with positions refused before posting going straight to
-    /// the dead letters, in the same transaction.
+    /// the dead letters, in the same transaction. Deletes owed for delivered positions go in it
+    /// too, so they cost no write of their own.
     pub fn append_with_refused(
         &self,
         items: &[(String, TwinzoLocation)],
@@ -222,30 +237,41 @@ impl Spool {
         }
         let now = now_ms() as i64;
         self.with(|conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO queue (device, ts, body, bytes, enqueued_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                for (device, location) in items {
-                    let body = serde_json::to_string(location).expect("locations serialize");
-                    insert.execute(params![device, location.timestamp as i64, body, body.len() as i64, now])?;
+            let delivered = self.tails().take_delivered();
+            let written = write(conn, &delivered, items, refused, now);
+            let mut tails = self.tails();
+            match written {
+                Ok(ids) => {
+                    for ((device, location), id) in items.iter().zip(ids) {
+                        tails.push(device, Row { id, location: location.clone() });
+                    }
+                    Ok(())
                 }
-                // Through the queue, so that dead letters keep the queue's never-reused ids.
-                let mut dead = tx.prepare_cached(
-                    "INSERT INTO dead_letter (id, device, ts, body, reason, detail, failed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?;
-                for r in refused {
-                    let body = serde_json::to_string(&r.location).expect("locations serialize");
-                    let ts = i64::try_from(r.location.timestamp).unwrap_or(i64::MAX);
-                    insert.execute(params![r.device, ts, body, body.len() as i64, now])?;
-                    let id = tx.last_insert_rowid();
-                    tx.execute("DELETE FROM queue WHERE id = ?1", [id])?;
-                    dead.execute(params![id, r.device, ts, body, r.reason, r.detail, now])?;
+                Err(e) => {
+                    tails.restore_delivered(delivered);
+                    Err(e)
                 }
             }
-            tx.commit()
         })
+    }
+
+    /// Deletes what was delivered since the last write (a plant with no new positions does this
+    /// every second).
+    pub fn flush_removed(&self) -> Result<(), SpoolError> {
+        self.with(|conn| self.flush_delivered(conn))
+    }
+
+    fn flush_delivered(&self, conn: &mut Connection) -> rusqlite::Result<()> {
+        let delivered = self.tails().take_delivered();
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        delete_ids(conn, &delivered).inspect_err(|_| self.tails().restore_delivered(delivered.clone()))
+    }
+
+    /// Delivered positions waiting for their delete.
+    pub fn removed_waiting(&self) -> usize {
+        self.tails().delivered_waiting()
     }
 
     /// What a device worker posts next, in one call: how many positions wait, and the batch.
@@ -255,25 +281,22 @@ impl Spool {
     /// newest position alone: the twin is current at once, and stays live during a replay.
     /// Otherwise, with `history`, the oldest `max` in time order; without, nothing.
     ///
+    /// Served from memory when it holds every queued row of the device, else from SQLite.
     /// A stored row that cannot be read is moved to the dead letters (reason `undecodable`),
     /// so that one bad row never blocks its device; [`NextBatch::quarantined`] counts them.
     pub fn next_batch(&self, device: &str, want: BatchRequest) -> Result<NextBatch, SpoolError> {
-        let (pending, raw) = self.with(|conn| {
-            let pending = count_queued(conn, device)?;
-            if pending == 0 {
-                return Ok((0, Vec::new()));
-            }
-            let newest = select_rows(conn, LATEST, device, 1)?;
-            let newer = newest.first().is_some_and(|r| want.posted_up_to.is_none_or(|t| r.ts > t));
-            let raw = if newer && (pending > want.max as u64 || !want.history) {
-                newest
-            } else if want.history {
-                select_rows(conn, OLDEST, device, want.max)?
-            } else {
-                Vec::new()
-            };
-            Ok((pending, raw))
-        })?;
+        if let Some(batch) = self.next_batch_from_memory(device, want) {
+            return Ok(batch);
+        }
+        let read = self.with(|conn| self.read_below(conn, device, &want))?;
+        let Some(read) = read else {
+            return Ok(self.next_batch_from_memory(device, want).unwrap_or_default());
+        };
+        let Some(raw) = read.rows else {
+            // The newest is in memory.
+            let rows = self.tails().take(device, read.pending, &want);
+            return Ok(NextBatch { pending: read.pending, rows, quarantined: 0 });
+        };
         let mut rows = Vec::with_capacity(raw.len());
         let mut bad = Vec::new();
         for r in raw {
@@ -283,29 +306,62 @@ impl Spool {
             }
         }
         for (id, why) in &bad {
-            self.dead_letter(&[*id], "undecodable", &format!("a stored position could not be read: {why}"))?;
+            self.dead_letter(device, &[*id], "undecodable", &format!("a stored position could not be read: {why}"))?;
         }
-        Ok(NextBatch { pending: pending - bad.len() as u64, rows, quarantined: bad.len() as u64 })
+        Ok(NextBatch { pending: read.pending - bad.len() as u64, rows, quarantined: bad.len() as u64 })
     }
 
-    /// Forgets delivered positions.
+    /// The part of a batch that SQLite must answer: rows of `device` that memory may lack.
+    /// `None` when it lacks none (any more).
+    fn read_below(&self, conn: &mut Connection, device: &str, want: &BatchRequest) -> rusqlite::Result<Option<Below>> {
+        self.flush_delivered(conn)?;
+        let Some(bound) = self.tails().bound(device) else { return Ok(None) };
+        let in_sqlite = count_below(conn, device, bound)?;
+        let (held, newest_held) = {
+            let mut tails = self.tails();
+            if in_sqlite == 0 {
+                tails.close_gap(device);
+                return Ok(None);
+            }
+            let (held, newest) = tails.held(device);
+            (held, newest.map(|r| r.location.timestamp))
+        };
+        let pending = in_sqlite + held;
+        // Memory holds the newest rows, when it holds any.
+        let newest = match newest_held {
+            Some(_) => None,
+            None => select_rows(conn, LATEST_BELOW, device, bound, 1)?.pop(),
+        };
+        let rows = match pick(pending, newest_held.or(newest.as_ref().map(|r| r.ts)), want) {
+            Pick::Newest if newest_held.is_some() => None,
+            Pick::Newest => Some(newest.into_iter().collect()),
+            Pick::Oldest => Some(select_rows(conn, OLDEST_BELOW, device, bound, want.max)?),
+            Pick::Nothing => Some(Vec::new()),
+        };
+        Ok(Some(Below { pending, rows }))
+    }
+
+    /// [`next_batch`](Self::next_batch) when memory can answer it alone (no SQLite, never
+    /// blocks for long); `None` when SQLite must be read.
+    pub fn next_batch_from_memory(&self, device: &str, want: BatchRequest) -> Option<NextBatch> {
+        let (pending, rows) = self.tails().batch(device, &want)?;
+        Some(NextBatch { pending, rows, quarantined: 0 })
+    }
+
+    /// Forgets delivered positions of `device`: at once here, in SQLite with the next write
+    /// (or [`flush_removed`](Self::flush_removed)).
     ///
-    /// Without an fsync of its own: a power cut can at worst undo the delete, and the position
-    /// is posted once more (at least once); the next append's fsync makes it durable.
-    /// (In WAL mode a commit without fsync cannot corrupt the file or reorder transactions.)
-    pub fn remove(&self, ids: &[i64]) -> Result<(), SpoolError> {
-        self.with(|conn| {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let deleted = delete_ids(conn, ids);
-            conn.pragma_update(None, "synchronous", "FULL")?;
-            deleted
-        })
+    /// Without an fsync of its own: a crash can at worst undo the delete, and the position
+    /// is posted once more (at least once).
+    pub fn remove(&self, device: &str, ids: &[i64]) {
+        self.tails().forget(device, ids);
     }
 
-    /// Moves positions Twinzo refused to the dead letters, with the reason.
-    pub fn dead_letter(&self, ids: &[i64], reason: &str, detail: &str) -> Result<(), SpoolError> {
+    /// Moves positions of `device` that Twinzo refused to the dead letters, with the reason.
+    pub fn dead_letter(&self, device: &str, ids: &[i64], reason: &str, detail: &str) -> Result<(), SpoolError> {
         let now = now_ms() as i64;
         self.with(|conn| {
+            self.tails().discard(device, ids);
             let tx = conn.transaction()?;
             {
                 let mut copy = tx.prepare_cached(
@@ -325,20 +381,17 @@ impl Spool {
     pub fn enforce(&self, limits: &SpoolLimits) -> Result<BTreeMap<(String, &'static str), u64>, SpoolError> {
         let cutoff = now_ms().saturating_sub(limits.max_age_ms) as i64;
         self.with(|conn| {
+            // Delivered positions are not the policy's to drop.
+            self.flush_delivered(conn)?;
             let tx = conn.transaction()?;
-            let mut dropped = BTreeMap::new();
+            let mut gone: Vec<(i64, String, &'static str)> = Vec::new();
             // Each device's newest row is never dropped: the twin must stay current.
             let keep = "id NOT IN (SELECT MAX(id) FROM queue GROUP BY device)";
-            let expired: Vec<(String, i64)> = tx
-                .prepare(&format!(
-                    "SELECT device, COUNT(*) FROM queue WHERE enqueued_ms < ?1 AND {keep} GROUP BY device"
-                ))?
-                .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            tx.execute(&format!("DELETE FROM queue WHERE enqueued_ms < ?1 AND {keep}"), [cutoff])?;
-            for (device, n) in expired {
-                *dropped.entry((device, "expired")).or_default() += n as u64;
-            }
+            let expired = tx
+                .prepare(&format!("DELETE FROM queue WHERE enqueued_ms < ?1 AND {keep} RETURNING id, device"))?
+                .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?, "expired")))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            gone.extend(expired);
             let total: i64 = tx.query_row("SELECT COALESCE(SUM(bytes), 0) FROM queue", [], |r| r.get(0))?;
             let mut excess = total - limits.max_bytes as i64;
             while excess > 0 {
@@ -358,10 +411,16 @@ impl Spool {
                     }
                     delete.execute([id])?;
                     excess -= bytes;
-                    *dropped.entry((device, "full")).or_default() += 1;
+                    gone.push((id, device, "full"));
                 }
             }
             tx.commit()?;
+            let mut dropped = BTreeMap::new();
+            let mut tails = self.tails();
+            for (id, device, reason) in gone {
+                tails.discard(&device, &[id]);
+                *dropped.entry((device, reason)).or_default() += 1;
+            }
             Ok(dropped)
         })
     }
@@ -379,9 +438,11 @@ impl Spool {
         })
     }
 
-    /// Queue and dead-letter counts per device.
+    /// Queue and dead-letter counts per device. Where memory disagrees with them (another
+    /// process retried or purged positions), memory is dropped and SQLite read again.
     pub fn counts(&self) -> Result<BTreeMap<String, DeviceCounts>, SpoolError> {
         self.with(|conn| {
+            self.flush_delivered(conn)?;
             let mut out: BTreeMap<String, DeviceCounts> = BTreeMap::new();
             let mut queued =
                 conn.prepare("SELECT device, COUNT(*), SUM(bytes), MIN(enqueued_ms) FROM queue GROUP BY device")?;
@@ -396,6 +457,15 @@ impl Spool {
             for row in dead.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
                 let (device, n) = row?;
                 out.entry(device).or_default().dead = n as u64;
+            }
+            let mut tails = self.tails();
+            let stale: Vec<String> = tails
+                .exact_counts()
+                .filter(|(device, n)| out.get(*device).map_or(0, |c| c.queued) != *n)
+                .map(|(device, _)| device.to_string())
+                .collect();
+            for device in stale {
+                tails.invalidate(&device);
             }
             Ok(out)
         })
@@ -425,6 +495,7 @@ impl Spool {
             )?;
             tx.execute("DELETE FROM dead_letter WHERE ?1 IS NULL OR device = ?1", params![device])?;
             tx.commit()?;
+            self.forget_memory(device);
             Ok(n as u64)
         })
     }
@@ -436,9 +507,20 @@ impl Spool {
             Purge::Dead => "dead_letter",
         };
         self.with(|conn| {
-            conn.execute(&format!("DELETE FROM {table} WHERE ?1 IS NULL OR device = ?1"), params![device])
-                .map(|n| n as u64)
+            self.flush_delivered(conn)?;
+            let n = conn.execute(&format!("DELETE FROM {table} WHERE ?1 IS NULL OR device = ?1"), params![device])?;
+            self.forget_memory(device);
+            Ok(n as u64)
         })
+    }
+
+    /// Memory of one device's queue (or every device's) no longer holds: read SQLite again.
+    fn forget_memory(&self, device: Option<&str>) {
+        let mut tails = self.tails();
+        match device {
+            Some(device) => tails.invalidate(device),
+            None => tails.invalidate_all(),
+        }
     }
 
     /// Whether any position of `device` is queued (for restart: who has work).
@@ -454,14 +536,63 @@ impl Spool {
     }
 }
 
-const OLDEST: &str = "SELECT id, ts, body FROM queue WHERE device = ?1 ORDER BY ts, id LIMIT ?2";
-const LATEST: &str = "SELECT id, ts, body FROM queue WHERE device = ?1 ORDER BY ts DESC, id DESC LIMIT ?2";
+// Rows of a device below an id (`i64::MAX`: all of them): those memory may lack.
+const OLDEST_BELOW: &str = "SELECT id, ts, body FROM queue WHERE device = ?1 AND id < ?2 ORDER BY ts, id LIMIT ?3";
+const LATEST_BELOW: &str =
+    "SELECT id, ts, body FROM queue WHERE device = ?1 AND id < ?2 ORDER BY ts DESC, id DESC LIMIT ?3";
 
 /// A queued row as stored.
 struct RawRow {
     id: i64,
     ts: u64,
     body: String,
+}
+
+/// What SQLite answered for a device memory does not hold entirely: how many wait in all, and
+/// the batch (`None`: the batch is the newest row, which memory holds).
+struct Below {
+    pending: u64,
+    rows: Option<Vec<RawRow>>,
+}
+
+/// One transaction: the owed deletes, the new positions (their ids returned, in order), the
+/// refused ones straight to the dead letters.
+fn write(
+    conn: &mut Connection,
+    delivered: &[i64],
+    items: &[(String, TwinzoLocation)],
+    refused: &[Refused],
+    now: i64,
+) -> rusqlite::Result<Vec<i64>> {
+    let tx = conn.transaction()?;
+    let mut ids = Vec::with_capacity(items.len());
+    {
+        let mut delete = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
+        for id in delivered {
+            delete.execute([id])?;
+        }
+        let mut insert =
+            tx.prepare_cached("INSERT INTO queue (device, ts, body, bytes, enqueued_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+        for (device, location) in items {
+            let body = serde_json::to_string(location).expect("locations serialize");
+            insert.execute(params![device, location.timestamp as i64, body, body.len() as i64, now])?;
+            ids.push(tx.last_insert_rowid());
+        }
+        // Through the queue, so that dead letters keep the queue's never-reused ids.
+        let mut dead = tx.prepare_cached(
+            "INSERT INTO dead_letter (id, device, ts, body, reason, detail, failed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for r in refused {
+            let body = serde_json::to_string(&r.location).expect("locations serialize");
+            let ts = i64::try_from(r.location.timestamp).unwrap_or(i64::MAX);
+            insert.execute(params![r.device, ts, body, body.len() as i64, now])?;
+            let id = tx.last_insert_rowid();
+            delete.execute([id])?;
+            dead.execute(params![id, r.device, ts, body, r.reason, r.detail, now])?;
+        }
+    }
+    tx.commit()?;
+    Ok(ids)
 }
 
 fn delete_ids(conn: &mut Connection, ids: &[i64]) -> rusqlite::Result<()> {
@@ -475,15 +606,15 @@ fn delete_ids(conn: &mut Connection, ids: &[i64]) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-fn count_queued(conn: &Connection, device: &str) -> rusqlite::Result<u64> {
-    conn.prepare_cached("SELECT COUNT(*) FROM queue WHERE device = ?1")?
-        .query_row([device], |r| r.get::<_, i64>(0))
+fn count_below(conn: &Connection, device: &str, below: i64) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT COUNT(*) FROM queue WHERE device = ?1 AND id < ?2")?
+        .query_row(params![device, below], |r| r.get::<_, i64>(0))
         .map(|n| n as u64)
 }
 
-fn select_rows(conn: &Connection, sql: &str, device: &str, max: usize) -> rusqlite::Result<Vec<RawRow>> {
+fn select_rows(conn: &Connection, sql: &str, device: &str, below: i64, max: usize) -> rusqlite::Result<Vec<RawRow>> {
     conn.prepare_cached(sql)?
-        .query_map(params![device, max as i64], |r| {
+        .query_map(params![device, below, max as i64], |r| {
             Ok(RawRow { id: r.get(0)?, ts: r.get::<_, i64>(1)? as u64, body: r.get(2)? })
         })?
         .collect()
@@ -502,7 +633,10 @@ mod tests {
     impl Spool {
         /// Positions waiting for `device`.
         fn pending(&self, device: &str) -> Result<u64, SpoolError> {
-            self.with(|conn| count_queued(conn, device))
+            self.with(|conn| {
+                self.flush_delivered(conn)?;
+                count_below(conn, device, i64::MAX)
+            })
         }
 
         /// Up to `max` of `device`'s oldest positions, in time order.
@@ -533,7 +667,7 @@ mod tests {
         let oldest = s.oldest("a", 10).unwrap();
         assert_eq!(oldest.iter().map(|r| r.location.timestamp).collect::<Vec<_>>(), vec![1, 3]);
         assert_eq!(s.latest("a").unwrap().unwrap().location.timestamp, 3);
-        s.remove(&[oldest[0].id]).unwrap();
+        s.remove("a", &[oldest[0].id]);
         assert_eq!(s.pending("a").unwrap(), 1);
         assert_eq!(s.pending("b").unwrap(), 1);
     }
@@ -570,9 +704,13 @@ mod tests {
 
     #[test]
     fn an_unreadable_row_is_quarantined_not_blocking() {
-        let (_dir, s) = spool();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let s = Spool::open(&path, DiskLimits::default()).unwrap();
         s.append(&[("a".into(), location(1)), ("a".into(), location(2))]).unwrap();
         s.with(|c| c.execute("UPDATE queue SET body = '{not json' WHERE ts = 1", [])).unwrap();
+        // Memory never holds a bad row: a damaged file is read after a restart.
+        let s = Spool::open(&path, DiskLimits::default()).unwrap();
         let batch = s.next_batch("a", BatchRequest { max: 10, posted_up_to: Some(9), history: true }).unwrap();
         assert_eq!((batch.quarantined, batch.pending, stamps(&batch)), (1, 1, vec![2]));
         let dead = s.dead(Some("a"), 10).unwrap();
@@ -599,7 +737,7 @@ mod tests {
         let (_dir, s) = spool();
         s.append(&[("a".into(), location(1)), ("a".into(), location(2))]).unwrap();
         let ids: Vec<i64> = s.oldest("a", 10).unwrap().iter().map(|r| r.id).collect();
-        s.dead_letter(&ids, "success-false", "Device tugger-01 does not exist.").unwrap();
+        s.dead_letter("a", &ids, "success-false", "Device tugger-01 does not exist.").unwrap();
         assert_eq!(s.pending("a").unwrap(), 0);
         let dead = s.dead(Some("a"), 10).unwrap();
         assert_eq!(dead.len(), 2);
@@ -664,7 +802,7 @@ mod tests {
         assert!(refused.unwrap_err().to_string().contains("spool.min_free_mb"));
         let queued = s.oldest("a", 10).unwrap();
         assert_eq!(queued.len(), 1);
-        s.remove(&[queued[0].id]).unwrap();
+        s.remove("a", &[queued[0].id]);
         assert_eq!(s.pending("a").unwrap(), 0);
     }
 
@@ -677,9 +815,77 @@ mod tests {
         s.reclaim().unwrap();
         let full = size();
         let ids: Vec<i64> = s.oldest("a", 5000).unwrap().iter().map(|r| r.id).collect();
-        s.remove(&ids).unwrap();
+        s.remove("a", &ids);
+        s.flush_removed().unwrap();
         s.reclaim().unwrap();
         assert!(size() < full / 4, "{} bytes after delivering everything, {full} before", size());
+    }
+
+    /// Posts every batch the spool gives until nothing waits; the delivered timestamps in order.
+    fn drain(s: &Spool, device: &str, max: usize) -> Vec<u64> {
+        let mut posted = Vec::new();
+        let mut up_to = None;
+        loop {
+            let batch = s.next_batch(device, BatchRequest { max, posted_up_to: up_to, history: true }).unwrap();
+            if batch.rows.is_empty() {
+                assert_eq!(batch.pending, 0);
+                return posted;
+            }
+            let ids: Vec<i64> = batch.rows.iter().map(|r| r.id).collect();
+            posted.extend(stamps(&batch));
+            up_to = up_to.max(batch.rows.iter().map(|r| r.location.timestamp).max());
+            s.remove(device, &ids);
+        }
+    }
+
+    #[test]
+    fn a_backlog_past_memory_is_read_from_sqlite_once_each() {
+        let (_dir, s) = spool();
+        let n = super::super::tails::TAIL_ROWS as u64 * 3 + 7;
+        for t in 1..=n {
+            s.append(&[("a".into(), location(t))]).unwrap();
+        }
+        let posted = drain(&s, "a", 10);
+        // The newest first (a backlog waits), then the rest in time order, each once.
+        assert_eq!(posted[0], n);
+        assert_eq!(posted[1..], (1..n).collect::<Vec<_>>()[..]);
+        assert_eq!(s.pending("a").unwrap(), 0);
+    }
+
+    #[test]
+    fn live_positions_come_from_memory_and_deletes_wait_for_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let s = Spool::open(&path, DiskLimits::default()).unwrap();
+        s.append(&[("a".into(), location(1))]).unwrap();
+        // The first look at a device asks SQLite what memory may lack; from then on, memory.
+        assert_eq!(drain(&s, "a", 10), vec![1]);
+        s.append(&[("a".into(), location(2))]).unwrap();
+        let want = BatchRequest { max: 10, posted_up_to: Some(1), history: true };
+        let batch = s.next_batch_from_memory("a", want).expect("memory holds everything");
+        assert_eq!(stamps(&batch), vec![2]);
+        s.remove("a", &[batch.rows[0].id]);
+        assert_eq!(s.removed_waiting(), 1, "the first delete went with the second append");
+        // A crash now would post the second again (at least once)...
+        let reopened = Spool::open(&path, DiskLimits::default()).unwrap();
+        assert_eq!(reopened.pending("a").unwrap(), 1);
+        // ...the next write carries the deletes.
+        s.append(&[("b".into(), location(3))]).unwrap();
+        assert_eq!((s.removed_waiting(), reopened.pending("a").unwrap()), (0, 0));
+    }
+
+    #[test]
+    fn positions_another_process_puts_back_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let s = Spool::open(&path, DiskLimits::default()).unwrap();
+        s.append(&[("a".into(), location(1)), ("a".into(), location(2))]).unwrap();
+        let ids: Vec<i64> = s.oldest("a", 10).unwrap().iter().map(|r| r.id).collect();
+        s.dead_letter("a", &ids[..1], "success-false", "refused").unwrap();
+        // `edge spool retry` runs as another process, with a spool of its own.
+        assert_eq!(Spool::open(&path, DiskLimits::default()).unwrap().retry_dead(None).unwrap(), 1);
+        s.counts().unwrap();
+        assert_eq!(drain(&s, "a", 10), vec![1, 2]);
     }
 
     #[test]

@@ -1,0 +1,236 @@
+//! The spool's memory of what each device has queued: every device's newest rows, so that a
+//! device worker's next batch and its deletes cost no SQLite statement while traffic is live.
+//! SQLite stays the truth: where memory may lack rows (after a restart, past the per-device
+//! bound, or after another process changed the file) the rest is read from it.
+
+use super::store::{BatchRequest, Row};
+use std::collections::{HashMap, VecDeque};
+
+/// Rows of one device kept in memory at most; beyond, its oldest are in SQLite only. Live
+/// traffic queues one or two per device; a backlog is read from SQLite a batch at a time.
+pub(super) const TAIL_ROWS: usize = 32;
+
+/// Every device's tail, and the deletes owed to SQLite.
+#[derive(Default)]
+pub(super) struct Tails {
+    devices: HashMap<String, Tail>,
+    /// Rows delivered (forgotten here) and not yet deleted from SQLite: deleted with the next
+    /// write, or within a second (`Spool::flush_removed`).
+    delivered: Vec<i64>,
+}
+
+/// One device's newest queued rows, in time order (as SQLite serves them).
+struct Tail {
+    rows: VecDeque<Row>,
+    /// `Some(id)`: rows with a smaller id may be queued in SQLite and not here (`i64::MAX`:
+    /// memory knows nothing yet). `None`: every queued row of the device is here.
+    below: Option<i64>,
+}
+
+impl Default for Tail {
+    fn default() -> Self {
+        Tail { rows: VecDeque::new(), below: Some(i64::MAX) }
+    }
+}
+
+/// Which rows a batch takes, by the rule of [`super::Spool::next_batch`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Pick {
+    Newest,
+    Oldest,
+    Nothing,
+}
+
+/// The newest position goes alone when it is newer than anything posted and either a backlog
+/// waits (more than a batch) or history is held back; otherwise the oldest, if history may go.
+pub(super) fn pick(pending: u64, newest_ts: Option<u64>, want: &BatchRequest) -> Pick {
+    let newer = newest_ts.is_some_and(|ts| want.posted_up_to.is_none_or(|t| ts > t));
+    if newer && (pending > want.max as u64 || !want.history) {
+        Pick::Newest
+    } else if want.history && pending > 0 {
+        Pick::Oldest
+    } else {
+        Pick::Nothing
+    }
+}
+
+impl Tails {
+    /// Rows just committed to SQLite (ids increase with every append).
+    pub fn push(&mut self, device: &str, row: Row) {
+        let tail = match self.devices.get_mut(device) {
+            Some(tail) => tail,
+            None => self.devices.entry(device.to_string()).or_default(),
+        };
+        if tail.rows.is_empty() && tail.below == Some(i64::MAX) {
+            // What SQLite may hold of this device is older than this row.
+            tail.below = Some(row.id);
+        }
+        let key = (row.location.timestamp, row.id);
+        if tail.rows.back().is_none_or(|last| (last.location.timestamp, last.id) <= key) {
+            tail.rows.push_back(row);
+        } else {
+            let at = tail.rows.partition_point(|r| (r.location.timestamp, r.id) <= key);
+            tail.rows.insert(at, row);
+        }
+        if tail.rows.len() > TAIL_ROWS {
+            // The bound is by id: the row that leaves is the one stored first.
+            let first = (0..tail.rows.len()).min_by_key(|i| tail.rows[*i].id).expect("not empty");
+            tail.rows.remove(first);
+            tail.below = tail.rows.iter().map(|r| r.id).min();
+        }
+    }
+
+    /// The batch, when memory holds every queued row of the device: `(pending, rows)`.
+    pub fn batch(&self, device: &str, want: &BatchRequest) -> Option<(u64, Vec<Row>)> {
+        let tail = self.devices.get(device).filter(|t| t.below.is_none())?;
+        Some((tail.rows.len() as u64, tail.take(tail.rows.len() as u64, want)))
+    }
+
+    /// `Some(id)` when rows below `id` must be read from SQLite; `None` when memory has them all.
+    pub fn bound(&self, device: &str) -> Option<i64> {
+        match self.devices.get(device) {
+            Some(tail) => tail.below,
+            None => Some(i64::MAX),
+        }
+    }
+
+    /// SQLite holds nothing of the device that memory lacks.
+    pub fn close_gap(&mut self, device: &str) {
+        self.devices.entry(device.to_string()).or_default().below = None;
+    }
+
+    /// How many rows memory holds for the device, and its newest (by timestamp).
+    pub fn held(&self, device: &str) -> (u64, Option<&Row>) {
+        match self.devices.get(device) {
+            Some(tail) => (tail.rows.len() as u64, tail.newest()),
+            None => (0, None),
+        }
+    }
+
+    /// From memory, by the same rule as a full batch: `pending` counts the rows SQLite holds too.
+    pub fn take(&self, device: &str, pending: u64, want: &BatchRequest) -> Vec<Row> {
+        self.devices.get(device).map(|t| t.take(pending, want)).unwrap_or_default()
+    }
+
+    /// Delivered rows: forgotten now, deleted from SQLite with the next write.
+    pub fn forget(&mut self, device: &str, ids: &[i64]) {
+        self.discard(device, ids);
+        self.delivered.extend_from_slice(ids);
+    }
+
+    /// Rows gone from SQLite already (dead-lettered, dropped by the size or age policy).
+    pub fn discard(&mut self, device: &str, ids: &[i64]) {
+        if let Some(tail) = self.devices.get_mut(device) {
+            let mut sorted = ids.to_vec();
+            sorted.sort_unstable();
+            tail.rows.retain(|r| sorted.binary_search(&r.id).is_err());
+        }
+    }
+
+    /// Memory no longer trusted for this device (SQLite changed under it): read SQLite again.
+    pub fn invalidate(&mut self, device: &str) {
+        self.devices.insert(device.to_string(), Tail::default());
+    }
+
+    /// Memory no longer trusted for any device; the deletes owed stay owed.
+    pub fn invalidate_all(&mut self) {
+        self.devices.clear();
+    }
+
+    /// Devices whose every queued row is in memory, with how many.
+    pub fn exact_counts(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.devices.iter().filter(|(_, t)| t.below.is_none()).map(|(d, t)| (d.as_str(), t.rows.len() as u64))
+    }
+
+    pub fn take_delivered(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.delivered)
+    }
+
+    /// Deletes that could not be written go back in line.
+    pub fn restore_delivered(&mut self, ids: Vec<i64>) {
+        self.delivered.extend(ids);
+    }
+
+    pub fn delivered_waiting(&self) -> usize {
+        self.delivered.len()
+    }
+}
+
+impl Tail {
+    fn newest(&self) -> Option<&Row> {
+        self.rows.back()
+    }
+
+    fn take(&self, pending: u64, want: &BatchRequest) -> Vec<Row> {
+        match pick(pending, self.newest().map(|r| r.location.timestamp), want) {
+            Pick::Newest => self.newest().cloned().into_iter().collect(),
+            Pick::Oldest => self.rows.iter().take(want.max).cloned().collect(),
+            Pick::Nothing => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::TwinzoLocation;
+
+    fn row(id: i64, ts: u64) -> Row {
+        Row { id, location: TwinzoLocation::test_at(ts, 0.0) }
+    }
+
+    fn want(max: usize, posted_up_to: Option<u64>) -> BatchRequest {
+        BatchRequest { max, posted_up_to, history: true }
+    }
+
+    #[test]
+    fn memory_answers_once_sqlite_has_nothing_it_lacks() {
+        let mut tails = Tails::default();
+        tails.push("a", row(10, 1));
+        assert_eq!(tails.bound("a"), Some(10), "a first row: older ones may be in SQLite");
+        assert!(tails.batch("a", &want(10, None)).is_none());
+        tails.close_gap("a");
+        tails.push("a", row(11, 2));
+        let (pending, rows) = tails.batch("a", &want(10, Some(0))).unwrap();
+        assert_eq!((pending, rows.iter().map(|r| r.id).collect::<Vec<_>>()), (2, vec![10, 11]));
+        tails.forget("a", &[10, 11]);
+        assert_eq!(tails.batch("a", &want(10, None)).unwrap().0, 0);
+        assert_eq!(tails.take_delivered(), vec![10, 11]);
+    }
+
+    #[test]
+    fn past_the_bound_the_oldest_rows_are_in_sqlite_only() {
+        let mut tails = Tails::default();
+        tails.close_gap("a");
+        for id in 0..(TAIL_ROWS as i64 + 5) {
+            tails.push("a", row(id, id as u64));
+        }
+        assert_eq!(tails.bound("a"), Some(5));
+        assert_eq!(tails.held("a").0, TAIL_ROWS as u64);
+        assert_eq!(tails.held("a").1.map(|r| r.id), Some(TAIL_ROWS as i64 + 4));
+    }
+
+    #[test]
+    fn the_newest_goes_first_over_a_backlog() {
+        let mut tails = Tails::default();
+        tails.close_gap("a");
+        for id in 1..=5 {
+            tails.push("a", row(id, id as u64));
+        }
+        let ids = |rows: Vec<Row>| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(tails.batch("a", &want(2, None)).unwrap().1), vec![5]);
+        assert_eq!(ids(tails.batch("a", &want(2, Some(5))).unwrap().1), vec![1, 2]);
+        let held = BatchRequest { max: 10, posted_up_to: Some(5), history: false };
+        assert!(tails.batch("a", &held).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn invalidated_memory_asks_sqlite_again() {
+        let mut tails = Tails::default();
+        tails.close_gap("a");
+        tails.push("a", row(1, 1));
+        tails.invalidate("a");
+        assert_eq!(tails.bound("a"), Some(i64::MAX));
+        assert_eq!(tails.held("a").0, 0);
+    }
+}

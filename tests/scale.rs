@@ -1,0 +1,306 @@
+//! Scale benchmarks, run by `bench/scale` (not by scripts/test): `edge run` with the shipped
+//! defaults at a plant's loads, through a real mosquitto, the ATI plugin and the Twinzo stand-in,
+//! fed by the load generator `edge sim --robots N` in its own process. What arrives is counted at
+//! the stand-in against what the broker acknowledged; latency is the stand-in's arrival time
+//! minus the position's timestamp (the generator's send time); edge's CPU and memory come from
+//! /proc. Each scenario writes target/scale/<scenario>.json.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::mosquitto::{Mosquitto, free_port};
+use support::process::{EdgeProcess, cpu_ticks, eventually, get_json, memory_kb};
+use support::twinzo::{API_KEY, BRANCH_1, Device, TwinzoStandIn};
+
+/// What the load generator reported (`edge sim --robots`).
+struct Published {
+    acknowledged: u64,
+    per_robot: HashMap<String, u64>,
+    seconds: f64,
+}
+
+struct Bench {
+    name: &'static str,
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    twinzo: TwinzoStandIn,
+    config: PathBuf,
+    http: u16,
+    edge: Option<EdgeProcess>,
+}
+
+impl Bench {
+    /// mosquitto as a plant's broker should be, the stand-in with `robots` devices, and edge
+    /// with the ATI source feeding them (plus idle HiTech and simulator sources: three plugins).
+    fn start(name: &'static str, robots: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Mosquitto::persistent(dir.path());
+        let names: Vec<String> = (0..robots).map(|i| format!("r{i:04}")).collect();
+        let devices: Vec<Device> = names
+            .iter()
+            .map(|r| Device { login: r.clone(), password: format!("pw-{r}"), branch: BRANCH_1.into() })
+            .collect();
+        let twinzo = TwinzoStandIn::start(&devices);
+        twinzo.lean();
+        twinzo.measure_latency();
+        let http = free_port();
+        let device_map: String =
+            names.iter().map(|r| format!("      {r}: {{ password: pw-{r}, sector: 1 }}\n")).collect();
+        // Copies, so that a scenario may replace one.
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        let source = |name: &str, plugin: &str, topics: &str| {
+            let copy = plugins.join(format!("{plugin}.wasm"));
+            std::fs::copy(support::plugin(plugin), &copy).unwrap();
+            format!(
+                "  - name: {name}\n    mqtt: {{ host: 127.0.0.1, port: {}, topics: [\"{topics}\"] }}\n    plugin: {{ path: {} }}\n    plant: p\n    transform: {{ affine: [1000, 0, 0, 1000, 0, 0] }}\n",
+                broker.port,
+                copy.display()
+            )
+        };
+        let yaml = format!(
+            "state_dir: {state}\nhttp: {{ listen: \"127.0.0.1:{http}\" }}\nsources:\n{ati}{hitech}{sim}plants:\n  - name: p\n    twinzo: {{ base_url: \"{url}\", client: TVSMotor, api_key: {API_KEY}, branch: {BRANCH_1} }}\n    devices:\n{device_map}",
+            state = dir.path().join("state").display(),
+            ati = source("ati", "ati-sherpa", "ati/amr/+/status"),
+            hitech = source("hitech", "hitech", "hitech/amr/#"),
+            sim = source("sim", "simulator", "edge-sim/#"),
+            url = twinzo.base_url(),
+        );
+        let config = dir.path().join("edge.yaml");
+        support::write_private(&config, yaml);
+        let mut bench = Bench { name, dir, broker, twinzo, config, http, edge: None };
+        bench.start_edge();
+        bench
+    }
+
+    fn start_edge(&mut self) {
+        let edge = EdgeProcess::start(&self.config);
+        let http = self.http;
+        eventually("every source subscribed", Duration::from_secs(120), || {
+            let view = get_json(&format!("127.0.0.1:{http}"), "/api/sources");
+            view["sources"].as_array().is_some_and(|s| {
+                s.len() == 3 && s.iter().all(|s| s["subscribed"].as_array().is_some_and(|t| !t.is_empty()))
+            })
+        });
+        self.edge = Some(edge);
+    }
+
+    fn edge(&self) -> &EdgeProcess {
+        self.edge.as_ref().expect("edge runs")
+    }
+
+    /// Runs the load generator to the end.
+    fn publish(&self, robots: usize, rate: &str, seconds: f64, messages: Option<u64>) -> Published {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge"));
+        cmd.args(["sim", "--broker", &format!("127.0.0.1:{}", self.broker.port)]).args([
+            "--robots",
+            &robots.to_string(),
+            "--rate",
+            rate,
+            "--seconds",
+            &seconds.to_string(),
+        ]);
+        if let Some(n) = messages {
+            cmd.args(["--messages", &n.to_string()]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "edge sim: {}", String::from_utf8_lossy(&out.stderr));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        Published {
+            acknowledged: report["acknowledged"].as_u64().unwrap(),
+            per_robot: serde_json::from_value(report["per_robot"].clone()).unwrap(),
+            seconds: report["seconds"].as_f64().unwrap(),
+        }
+    }
+
+    /// Unique positions delivered and duplicates, per the stand-in.
+    fn delivered(&self) -> (u64, u64) {
+        self.twinzo.with_recorded(|r| {
+            let mut unique = 0;
+            let mut all = 0;
+            for stamps in r.stamps.values() {
+                all += stamps.len() as u64;
+                let mut sorted = stamps.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                unique += sorted.len() as u64;
+            }
+            (unique, all - unique)
+        })
+    }
+
+    /// Waits until `expected` unique positions arrived (or `timeout`); returns when the last did.
+    fn wait_delivered(&self, expected: u64, timeout: Duration) -> Instant {
+        let deadline = Instant::now() + timeout;
+        let mut last = (0, Instant::now());
+        loop {
+            let (unique, _) = self.delivered();
+            if unique != last.0 {
+                last = (unique, Instant::now());
+            }
+            if unique >= expected || Instant::now() > deadline {
+                return last.1;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn latency_ms(&self) -> Value {
+        let mut us = self.twinzo.with_recorded(|r| r.latencies_us.clone());
+        us.sort_unstable();
+        let at = |q: f64| us.get(((us.len() as f64 - 1.0) * q).round() as usize).map(|v| *v as f64 / 1000.0);
+        json!({ "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0) })
+    }
+
+    fn save(&self, mut result: Value) {
+        result["scenario"] = self.name.into();
+        let pid = self.edge().pid();
+        result["rss_mb"] = (memory_kb(pid, "VmRSS") as f64 / 1024.0).into();
+        result["peak_rss_mb"] = (memory_kb(pid, "VmHWM") as f64 / 1024.0).into();
+        let out = support::repo().join("target/scale");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join(format!("{}.json", self.name)), result.to_string()).unwrap();
+        println!("{result}");
+    }
+}
+
+fn ticks_per_s() -> f64 {
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
+/// A live load: `robots` at `rate` for `seconds`; everything counted, timed and costed.
+fn live(name: &'static str, robots: usize, rate: &str, seconds: f64) {
+    let bench = Bench::start(name, robots);
+    let pid = bench.edge().pid();
+    // Settle after start-up (device sign-ins, the first fleet judgements).
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu0, t0) = (cpu_ticks(pid), Instant::now());
+    let published = bench.publish(robots, rate, seconds, None);
+    let last = bench.wait_delivered(published.acknowledged, Duration::from_secs(120));
+    let cpu_s = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_s();
+    let wall = last.saturating_duration_since(t0).as_secs_f64().max(published.seconds);
+    let (unique, duplicates) = bench.delivered();
+    assert_eq!(published.per_robot.values().sum::<u64>(), published.acknowledged, "the broker acknowledged everything");
+    bench.save(json!({
+        "robots": robots, "rate": rate, "seconds": seconds,
+        "published": published.acknowledged, "delivered": unique, "duplicates": duplicates,
+        "lost": published.acknowledged.saturating_sub(unique),
+        "delivered_per_s": unique as f64 / wall,
+        "latency_ms": bench.latency_ms(),
+        "cpu_us_per_position": cpu_s * 1e6 / unique.max(1) as f64,
+        "cpu_percent": cpu_s / wall * 100.0,
+    }));
+}
+
+#[test]
+#[ignore = "a benchmark: bench/scale runs it"]
+fn live_3_robots_10_hz() {
+    live("live_3x10hz", 3, "10", 30.0);
+}
+
+#[test]
+#[ignore = "a benchmark: bench/scale runs it"]
+fn live_200_robots_1_hz() {
+    live("live_200x1hz", 200, "1", 30.0);
+}
+
+#[test]
+#[ignore = "a benchmark: bench/scale runs it"]
+fn live_1000_robots_1_hz() {
+    live("live_1000x1hz", 1000, "1", 30.0);
+}
+
+#[test]
+#[ignore = "a benchmark: bench/scale runs it"]
+fn ceiling_50_robots_max_rate() {
+    live("ceiling_50xmax", 50, "max", 20.0);
+}
+
+#[test]
+#[ignore = "a benchmark: bench/scale runs it"]
+fn many_devices_10000_robots() {
+    live("devices_10000x0.2hz", 10_000, "0.2", 30.0);
+}
+
+/// How fast a backlog drains, and whether each robot's newest position came first: `index` of
+/// the newest position among the robot's arrivals, at most.
+fn drained(bench: &Bench, published: &Published, started: Instant) -> Value {
+    let last = bench.wait_delivered(published.acknowledged, Duration::from_secs(300));
+    let seconds = last.saturating_duration_since(started).as_secs_f64();
+    let (unique, duplicates) = bench.delivered();
+    let newest_at = bench.twinzo.with_recorded(|r| {
+        r.stamps.values().map(|s| s.iter().position(|t| Some(t) == s.iter().max()).unwrap_or(0)).max().unwrap_or(0)
+    });
+    json!({
+        "published": published.acknowledged, "delivered": unique, "duplicates": duplicates,
+        "lost": published.acknowledged.saturating_sub(unique),
+        "drain_seconds": seconds, "drained_per_s": unique as f64 / seconds.max(0.001),
+        "newest_position_arrived_at_most_as": newest_at + 1,
+    })
+}
+
+#[test]
+#[ignore = "a benchmark: bench/scale runs it"]
+fn catch_up_broker_backlog() {
+    const ROBOTS: usize = 50;
+    let mut bench = Bench::start("backlog_broker_100k", ROBOTS);
+    bench.edge.take().unwrap().stop();
+    let published = bench.publish(ROBOTS, "max", 600.0, Some(100_000));
+    let started = Instant::now();
+    bench.start_edge();
+    let result = drained(&bench, &published, started);
+    bench.save(result);
+}
+
+#[test]
+#[ignore = "a benchmark: bench/scale runs it"]
+fn catch_up_spool_backlog() {
+    const ROBOTS: usize = 50;
+    let bench = Bench::start("backlog_spool_100k", ROBOTS);
+    bench.twinzo.go_down();
+    let published = bench.publish(ROBOTS, "max", 600.0, Some(100_000));
+    // Everything spooled (acknowledged to the broker only once in the spool).
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    bench.twinzo.come_back();
+    let result = drained(&bench, &published, started);
+    bench.save(result);
+}
+
+#[test]
+#[ignore = "a benchmark: bench/scale runs it"]
+fn reload_under_load() {
+    const ROBOTS: usize = 200;
+    let bench = Bench::start("reload_200x1hz", ROBOTS);
+    let plugin = bench.dir.path().join("plugins/ati-sherpa.wasm");
+    let addr = format!("127.0.0.1:{}", bench.http);
+    // /readyz is read live (the fleet view only once a second).
+    let running = || get_json(&addr, "/readyz")["sources"]["ati"]["sha256"].as_str().unwrap_or_default().to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    let (published, swapped_ms) = std::thread::scope(|scope| {
+        let publishing = scope.spawn(|| bench.publish(ROBOTS, "1", 20.0, None));
+        std::thread::sleep(Duration::from_secs(8));
+        let before = running();
+        let variant = support::wasm_variant(&std::fs::read(&plugin).unwrap(), 7);
+        let tmp = plugin.with_extension("tmp");
+        std::fs::write(&tmp, &variant).unwrap();
+        let written = Instant::now();
+        std::fs::rename(&tmp, &plugin).unwrap();
+        eventually("the new plugin", Duration::from_secs(10), || {
+            let now = running();
+            !now.is_empty() && now != before
+        });
+        let swapped_ms = written.elapsed().as_secs_f64() * 1000.0;
+        (publishing.join().unwrap(), swapped_ms)
+    });
+    bench.wait_delivered(published.acknowledged, Duration::from_secs(60));
+    let (unique, duplicates) = bench.delivered();
+    bench.save(json!({
+        "robots": ROBOTS, "published": published.acknowledged, "delivered": unique, "duplicates": duplicates,
+        "lost": published.acknowledged.saturating_sub(unique), "file_written_to_new_plugin_ms": swapped_ms,
+    }));
+}
