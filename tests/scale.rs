@@ -164,7 +164,41 @@ impl Bench {
         let out = support::repo().join("target/scale");
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(out.join(format!("{}.json", self.name)), result.to_string()).unwrap();
+        // edge's log beside it, for a run that needs explaining.
+        let _ = std::fs::copy(&self.edge().log, out.join(format!("{}.log", self.name)));
         println!("{result}");
+    }
+}
+
+/// With SCALE_PERF set, `perf record` of edge for the load's duration, into
+/// target/scale/<scenario>.perf.data (`perf report -i` it).
+struct Profile(Option<std::process::Child>);
+
+impl Profile {
+    fn start(name: &str, pid: u32) -> Self {
+        if std::env::var_os("SCALE_PERF").is_none() {
+            return Profile(None);
+        }
+        let out = support::repo().join("target/scale");
+        std::fs::create_dir_all(&out).unwrap();
+        let child = Command::new("perf")
+            .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+            .arg(out.join(format!("{name}.perf.data")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf (linux-perf) is installed");
+        std::thread::sleep(Duration::from_millis(300));
+        Profile(Some(child))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
     }
 }
 
@@ -178,10 +212,12 @@ fn live(name: &'static str, robots: usize, rate: &str, seconds: f64) {
     let pid = bench.edge().pid();
     // Settle after start-up (device sign-ins, the first fleet judgements).
     std::thread::sleep(Duration::from_secs(3));
+    let profile = Profile::start(name, pid);
     let (cpu0, t0) = (cpu_ticks(pid), Instant::now());
     let published = bench.publish(robots, rate, seconds, None);
     let last = bench.wait_delivered(published.acknowledged, Duration::from_secs(120));
     let cpu_s = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_s();
+    drop(profile);
     let wall = last.saturating_duration_since(t0).as_secs_f64().max(published.seconds);
     let (unique, duplicates) = bench.delivered();
     assert_eq!(published.per_robot.values().sum::<u64>(), published.acknowledged, "the broker acknowledged everything");

@@ -12,6 +12,25 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+// The plugin SDK's own JSON reader and time parser (the same source files the plugins build
+// with), compiled natively: the baseline a plugin call is compared with (`native_ati`).
+#[allow(dead_code)]
+#[path = "../../plugins/sdk/src/json.rs"]
+mod json;
+#[allow(dead_code, unused_imports)]
+#[path = "../../plugins/sdk/src/time.rs"]
+mod time;
+
+/// What `json.rs` expects from the SDK around it.
+#[derive(Debug)]
+pub enum TranslateError {
+    Malformed(String),
+}
+
+pub fn malformed(why: impl Into<String>) -> TranslateError {
+    TranslateError::Malformed(why.into())
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
@@ -62,6 +81,17 @@ fn main() {
             &format!("{name}: translate one message"),
             measure(20_000, || drop(black_box(instance.translate(&message).unwrap()))),
         );
+        if name == "ati-sherpa" {
+            // HOT_PATHS_PROFILE=1: only this loop, for `perf record` (docs/performance.md).
+            if std::env::var_os("HOT_PATHS_PROFILE").is_some() {
+                let until = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < until {
+                    drop(black_box(instance.translate(&message).unwrap()));
+                }
+                return;
+            }
+            plugin_call_parts(&mut instance, &message);
+        }
     }
 
     let cache = tempfile::tempdir().unwrap();
@@ -138,6 +168,81 @@ fn main() {
     );
 
     fleet_view();
+}
+
+/// Where an ATI translation's time goes: the call across the boundary without parsing (a
+/// topic the plugin skips), and the same parsing natively, measured in alternation so that
+/// the ratio holds however busy the machine is.
+fn plugin_call_parts(instance: &mut edge::plugin::PluginInstance, message: &Message) {
+    let skipped = Message { topic: "fleet/trips/info".into(), ..message.clone() };
+    let (mut wasm, mut native, mut call) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..7 {
+        wasm.push(
+            measure(1, || {
+                for _ in 0..5_000 {
+                    drop(black_box(instance.translate(message).unwrap()));
+                }
+            }) / 5_000,
+        );
+        call.push(
+            measure(1, || {
+                for _ in 0..5_000 {
+                    drop(black_box(instance.translate(&skipped).unwrap()));
+                }
+            }) / 5_000,
+        );
+        native.push(
+            measure(1, || {
+                for _ in 0..5_000 {
+                    drop(black_box(native_ati(&message.payload)));
+                }
+            }) / 5_000,
+        );
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (wasm, call, native) = (median(&mut wasm), median(&mut call), median(&mut native));
+    report("ati-sherpa: plugin call that returns at once (a skipped topic)", call);
+    report("ati-sherpa: the same parsing natively (SDK reader, same fields)", native);
+    println!(
+        "{:<58} {:>12.1}x",
+        "ati-sherpa: translate in wasm / the same natively",
+        wasm.as_secs_f64() / native.as_secs_f64()
+    );
+}
+
+/// The ATI plugin's reading of a live status (`translate_status`), natively: the SDK's reader
+/// over the same fields, with the position as the host receives it.
+fn native_ati(payload: &[u8]) -> Result<Position, TranslateError> {
+    let map = json::parse_object(payload)?;
+    let status = json::Obj::root(&map);
+    let mode = status.str("mode")?.map(str::to_ascii_lowercase);
+    let pose = status.arr("pose")?.ok_or_else(|| malformed("pose: missing"))?;
+    let n = |i: usize| json::coordinate(&pose[i], &format!("pose[{i}]"));
+    let (x, y, heading) = (n(0)?, n(1)?, n(2)?);
+    let mut attributes = std::collections::BTreeMap::new();
+    for key in ["trip_id", "trip_leg_id", "message_id", "error", "disabled_reason"] {
+        if let Some(text) = status.text(key) {
+            attributes.insert(key.to_string(), text);
+        }
+    }
+    Ok(Position {
+        device_id: status.req_str("sherpa_name")?.to_string(),
+        timestamp_ms: status.timestamp_ms("timestamp", None)?,
+        x,
+        y,
+        z: 0.0,
+        heading_rad: Some(heading),
+        battery_percent: status.num("battery_status")?.filter(|b| (0.0..=100.0).contains(b)).map(|b| b as f32),
+        moving: None,
+        speed_mps: None,
+        status: mode,
+        map_id: None,
+        localization_score: None,
+        attributes,
+    })
 }
 
 /// A plain moving location with a battery.

@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
-    tokio_runtime()?.block_on(crate::runtime::run(config))?;
+    // One worker: the async side (MQTT I/O, plants, device workers, HTTP) is light, and tasks
+    // that wake each other on one thread cost no thread switch, the largest cost per message at
+    // a plant's rates (docs/performance.md). Plugins, disk and compiling run on threads of their own.
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().thread_name("edge-rt").build()?;
+    runtime.block_on(crate::runtime::run(config))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine, Store};
 
-/// How often the epoch ticker advances; call deadlines are counted in these ticks.
-const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// How often the epoch ticker advances; call deadlines are counted in these ticks. Coarse on
+/// purpose: the ticker's wake-ups cost every second, deadlines only when a plugin misbehaves.
+const EPOCH_TICK: Duration = Duration::from_millis(20);
 /// The timer that cuts off a call waiting in a host function fires this long after the epoch
 /// deadline, so that a computing call is reported as such (its trap comes first).
-const DEADLINE_MARGIN: Duration = Duration::from_millis(20);
+const DEADLINE_MARGIN: Duration = Duration::from_millis(40);
 
 /// The process-wide plugin engine. Cheap to clone.
 #[derive(Clone)]
@@ -38,6 +39,9 @@ impl PluginEngine {
     pub fn new(limits: SandboxLimits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true).max_wasm_stack(limits.max_wasm_stack);
+        // Plugins make one call at a time: without the component model's concurrent tasks, an
+        // async call is one fiber switch, a third of a translation cheaper (docs/performance.md).
+        config.concurrency_support(false);
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         // Async WASI: a plugin waiting in a host call (sleep, poll) can then be cut off at its

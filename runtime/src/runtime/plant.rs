@@ -1,30 +1,37 @@
-//! A plant at run time: one task that runs the plant's pipeline over incoming positions, writes
-//! them to the plant's durable spool (then, and only then, acknowledges their MQTT messages),
-//! and wakes the device workers that post them. Reconfiguration arrives in-band, so a config
-//! reload happens between two messages, never in the middle of one.
+//! A plant at run time: one task that runs the plant's pipeline over incoming positions, gives
+//! them to the plant's spool, wakes the device workers that post them, and acknowledges their
+//! MQTT messages only once the spool wrote them (or Twinzo confirmed them first). Writes go in
+//! groups, one fsync each. Reconfiguration arrives in-band, so a config reload happens between
+//! two messages, never in the middle of one.
 
 use crate::backoff::Backoff;
 use crate::config::{Config, DeviceConfig, PlantConfig};
 use crate::episode::{Episode, News};
 use crate::fleet::PlantWatch;
-use crate::model::{Position, TwinzoLocation, now_ms};
+use crate::model::{Position, now_ms};
 use crate::pipeline::{Outcome, PlantPipeline, Transform};
 use crate::sink::twinzo::{TwinzoApi, TwinzoDevice};
 use crate::sink::{Backlog, DeviceHandle, DeviceWorker, DryRun, Pacing, Poster};
 use crate::source::Ack;
 use crate::spool::{DiskLimits, Refused, Spool, SpoolLimits};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-/// Messages written to the spool in one transaction, at most (group commit).
+/// A group of this many positions is written at once (group commit)...
 const GROUP_COMMIT: usize = 256;
+/// ...a smaller one when its first message waited this long: positions Twinzo confirms
+/// meanwhile are never written, the rest share one fsync. Only acknowledgements wait for it,
+/// and briefly: a broker sends a client only so many messages before their acknowledgements
+/// (mosquitto: 20 to an MQTT 3.1.1 client).
+const COMMIT_WINDOW: Duration = Duration::from_millis(50);
 /// How often the spool's size and age policy runs.
 const ENFORCE_EVERY: Duration = Duration::from_secs(5);
-/// Deletes of delivered positions ride on the next write; without one, they go this often.
+/// What device workers leave for the spool (deletes, dead letters) rides on the next write;
+/// without one, it is written this often.
 const FLUSH_REMOVED_EVERY: Duration = Duration::from_secs(1);
 /// A spool write failure episode ends after this long without a failure.
 const WRITABLE_AGAIN_AFTER: Duration = Duration::from_secs(5);
@@ -111,7 +118,8 @@ impl PlantRuntime {
         let watch = Arc::new(PlantWatch::new(&settings.plant.name, settings.plant.dry_run));
         watch.set_devices(settings.plant.devices.iter().map(|(robot, d)| (robot, d.sector)));
         let backlog = Arc::new(Backlog::default());
-        let sink = PlantSink::new(&settings, spool.clone(), watch.clone(), backlog.clone())
+        let settled = Arc::new(tokio::sync::Notify::new());
+        let sink = PlantSink::new(&settings, spool.clone(), watch.clone(), backlog.clone(), settled.clone())
             .map_err(|e| PlantDown::Twinzo { plant: settings.plant.name.clone(), reason: format!("{e:#}") })?;
         let (tx, rx) = mpsc::channel(1024);
         let state = PlantState {
@@ -120,6 +128,7 @@ impl PlantRuntime {
             spool,
             sink,
             backlog,
+            settled,
             taking_backlog: Episode::new(BACKLOG_PROGRESS_EVERY, Backlog::LINGER),
             pace: Pace::default(),
         };
@@ -147,73 +156,109 @@ struct PlantState {
     spool: Arc<Spool>,
     sink: PlantSink,
     backlog: Arc<Backlog>,
+    /// Device workers signal here when they delivered positions.
+    settled: Arc<tokio::sync::Notify>,
     taking_backlog: Episode,
     pace: Pace,
 }
 
 async fn run(mut plant: PlantState, mut rx: mpsc::Receiver<PlantMsg>) {
-    let mut batch = Batch::new();
+    let mut group = Group::new();
+    let mut writing: Option<Write> = None;
     let mut enforce = tokio::time::interval(ENFORCE_EVERY);
     let mut flush = tokio::time::interval(FLUSH_REMOVED_EVERY);
-    loop {
-        let first = tokio::select! {
-            msg = rx.recv() => match msg {
-                Some(msg) => msg,
-                None => break,
-            },
-            _ = flush.tick() => {
-                flush_removed(&plant.spool).await;
-                continue;
-            }
-            _ = enforce.tick() => {
-                enforce_limits(&plant.spool, &plant.limits, &plant.sink.watch).await;
-                batch.trouble_over(&plant.sink.watch);
-                plant.report_backlog(0, None);
-                continue;
-            }
-        };
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(msg) = next.take() {
-            match msg {
-                PlantMsg::Input(input) => batch.add(&mut plant, input),
-                PlantMsg::Reconfigure(settings) => {
-                    batch.commit(&plant).await;
-                    if let Err(e) = plant.sink.reconfigure(&settings) {
-                        tracing::error!(plant = %settings.plant.name, "cannot apply the new sink settings, keeping the old: {e:#}");
-                        continue;
+    let mut open = true;
+    while open || !group.is_empty() || writing.is_some() {
+        let due = if writing.is_none() { group.due(!open) } else { None };
+        tokio::select! {
+            msg = rx.recv(), if open => match msg {
+                Some(PlantMsg::Input(input)) => {
+                    group.add(&mut plant, input);
+                    // A full group with as much again waiting: intake is behind.
+                    if group.staged >= GROUP_COMMIT && rx.len() >= GROUP_COMMIT {
+                        plant.backlog.seen();
                     }
-                    plant.limits = settings.limits.clone();
-                    plant.sink.watch.set_devices(settings.plant.devices.iter().map(|(robot, d)| (robot, d.sector)));
-                    plant.pipeline.reconfigure(settings.plant);
                 }
+                Some(PlantMsg::Reconfigure(settings)) => {
+                    if let Some(write) = writing.take() {
+                        group.finished(&plant, write.wait().await);
+                    }
+                    plant.reconfigure(*settings);
+                }
+                None => open = false,
+            },
+            () = plant.settled.notified() => group.settle(&plant.spool),
+            finished = wait(&mut writing), if writing.is_some() => {
+                writing = None;
+                group.finished(&plant, finished);
             }
-            taken += 1;
-            if taken < GROUP_COMMIT {
-                next = rx.try_recv().ok();
+            () = sleep_until(due), if due.is_some() => writing = Some(group.write(&mut plant)),
+            _ = enforce.tick(), if writing.is_none() => {
+                enforce_limits(&plant.spool, &plant.limits, &plant.sink.watch).await;
+                group.trouble_over(&plant.sink.watch);
+                plant.report_backlog(0, None);
             }
+            _ = flush.tick(), if writing.is_none() => write_owed(&plant.spool).await,
         }
-        // A full group (messages wait for the spool), or vendor time running fast.
-        if taken >= GROUP_COMMIT || plant.pace.replaying(&batch.items) {
-            plant.backlog.seen();
-        }
-        let (positions, newest) = (batch.items.len() as u64, batch.items.iter().map(|(_, l)| l.timestamp).max());
-        batch.commit(&plant).await;
-        plant.report_backlog(positions, newest);
     }
     plant.sink.finish().await;
-    flush_removed(&plant.spool).await;
+    write_owed(&plant.spool).await;
 }
 
-/// Deletes what the device workers delivered since the last write (a failure keeps them owed).
-async fn flush_removed(spool: &Arc<Spool>) {
-    if spool.removed_waiting() == 0 {
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due).await;
+    }
+}
+
+/// The spool's write in flight, and the last generation of messages it covers.
+struct Write {
+    task: tokio::task::JoinHandle<Result<(), crate::spool::SpoolError>>,
+    covers: u64,
+    started: Instant,
+}
+
+/// How a write ended.
+struct Written {
+    result: Result<(), crate::spool::SpoolError>,
+    covers: u64,
+    took: Duration,
+}
+
+impl Write {
+    async fn wait(self) -> Written {
+        let result = self.task.await.expect("spool calls do not panic");
+        Written { result, covers: self.covers, took: self.started.elapsed() }
+    }
+}
+
+async fn wait(writing: &mut Option<Write>) -> Written {
+    let write = writing.as_mut().expect("guarded by the select");
+    let result = (&mut write.task).await.expect("spool calls do not panic");
+    Written { result, covers: write.covers, took: write.started.elapsed() }
+}
+
+impl PlantState {
+    fn reconfigure(&mut self, settings: PlantSettings) {
+        if let Err(e) = self.sink.reconfigure(&settings) {
+            tracing::error!(plant = %settings.plant.name, "cannot apply the new sink settings, keeping the old: {e:#}");
+            return;
+        }
+        self.limits = settings.limits.clone();
+        self.sink.watch.set_devices(settings.plant.devices.iter().map(|(robot, d)| (robot, d.sector)));
+        self.pipeline.reconfigure(settings.plant);
+    }
+}
+
+/// Writes what the device workers left for the spool since the last write: deletes of
+/// delivered positions, refused ones for the dead letters (a failure keeps them owed).
+async fn write_owed(spool: &Arc<Spool>) {
+    if !spool.owes_a_write() {
         return;
     }
     let spool = spool.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || spool.flush_removed()).await.expect("spool calls do not panic")
-    {
-        tracing::debug!("cannot delete delivered positions from the spool yet: {e}");
+    if let Err(e) = tokio::task::spawn_blocking(move || spool.commit()).await.expect("spool calls do not panic") {
+        tracing::debug!("cannot write to the spool yet (the next write tries again): {e}");
     }
 }
 
@@ -274,9 +319,9 @@ impl Pace {
     /// vendor time ran [`REPLAY_SPEED`] times faster than the clock, on average. (A broker
     /// releasing a backlog through a small in-flight window, 20 messages at a time, still
     /// advances vendor time about 1.6 times faster than live.)
-    fn replaying(&mut self, items: &[(String, TwinzoLocation)]) -> bool {
-        for (robot, location) in items {
-            let t = location.timestamp;
+    fn replaying(&mut self, items: &[(String, u64)]) -> bool {
+        for (robot, t) in items {
+            let t = *t;
             match self.spans.get_mut(robot) {
                 Some(span) => *span = (span.0.min(t), span.1.max(t)),
                 None => drop(self.spans.insert(robot.clone(), (t, t))),
@@ -295,29 +340,72 @@ impl Pace {
     }
 }
 
-/// Positions and acks gathered for one spool transaction.
-struct Batch {
-    items: Vec<(String, TwinzoLocation)>,
-    refused: Vec<Refused>,
-    acks: Vec<Ack>,
+/// The messages not yet acknowledged, in the order they came: each waits until its positions
+/// are delivered (Twinzo confirmed them) or written, whichever comes first.
+struct Group {
+    waiting: VecDeque<Waiting>,
+    /// Counts writes: a message is covered by the first write that starts after it came.
+    generation: u64,
+    /// Positions staged since the last write started.
+    staged: usize,
+    /// (robot, vendor time) of those positions, for the pace of the plant's devices.
+    seen: Vec<(String, u64)>,
+    /// When the first message since the last write started came.
+    opened: Option<tokio::time::Instant>,
+    /// After a failed write, the next attempt waits until then.
+    retry_at: Option<tokio::time::Instant>,
+    retry: Backoff,
     /// Failing writes, as one episode: an error line, a reminder a minute, a recovery line.
     trouble: Episode,
 }
 
-impl Batch {
+/// One message waiting for its acknowledgement.
+struct Waiting {
+    ack: Ack,
+    /// Its positions not delivered yet.
+    rows: Vec<i64>,
+    /// It has a position for the dead letters, which only a write keeps.
+    refused: bool,
+    generation: u64,
+}
+
+impl Group {
     fn new() -> Self {
-        Batch {
-            items: Vec::new(),
-            refused: Vec::new(),
-            acks: Vec::new(),
+        Group {
+            waiting: VecDeque::new(),
+            generation: 0,
+            staged: 0,
+            seen: Vec::new(),
+            opened: None,
+            retry_at: None,
+            retry: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             trouble: Episode::new(STILL_FAILING_EVERY, WRITABLE_AGAIN_AFTER),
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// When the spool is to be written: after a failure, when retrying; with a full group, or
+    /// when the plant stops, at once; else when the window of the group's first message closes.
+    fn due(&self, stopping: bool) -> Option<tokio::time::Instant> {
+        let opened = self.opened?;
+        Some(match self.retry_at {
+            Some(at) => at,
+            None if stopping || self.staged >= GROUP_COMMIT => tokio::time::Instant::now(),
+            None => opened + COMMIT_WINDOW,
+        })
+    }
+
+    /// Runs one message through the pipeline and gives its positions to the spool, where their
+    /// devices' workers can post them at once.
     fn add(&mut self, plant: &mut PlantState, input: PlantInput) {
         if input.backlog {
             plant.backlog.seen();
         }
+        let mut items = Vec::with_capacity(input.positions.len());
+        let mut refused = Vec::new();
         // What became of each position, for the fleet view.
         let mut became = Vec::with_capacity(input.positions.len());
         for position in &input.positions {
@@ -329,12 +417,12 @@ impl Batch {
             match outcome {
                 Outcome::Location { robot, location } => {
                     crate::stats::STATS.positions.fetch_add(1, Relaxed);
-                    self.items.push((robot, location));
+                    items.push((robot, location));
                 }
                 Outcome::Refused { robot, location, why } => {
                     metrics::counter!("edge_spool_dead_letters_total", "plant" => plant.pipeline.name().to_string(), "device" => robot.clone(), "reason" => why.reason).increment(1);
                     tracing::warn!(plant = plant.pipeline.name(), %robot, reason = why.reason, "a position Twinzo cannot take, dead-lettered: {}", why.detail);
-                    self.refused.push(Refused { device: robot, location, reason: why.reason, detail: why.detail });
+                    refused.push(Refused { device: robot, location, reason: why.reason, detail: why.detail });
                 }
                 Outcome::UnknownDevice => {
                     crate::stats::STATS.unknown_devices.fetch_add(1, Relaxed);
@@ -343,46 +431,83 @@ impl Batch {
         }
         let heard = input.positions.iter().zip(became.iter().map(Option::as_ref));
         plant.sink.watch.heard(&input.source, input.received_at_ms, heard);
-        self.acks.push(input.ack);
+        let has_refused = !refused.is_empty();
+        let rows = plant.spool.stage(&items, refused);
+        let devices: BTreeSet<&str> = items.iter().map(|(robot, _)| robot.as_str()).collect();
+        for device in devices {
+            plant.sink.wake(device);
+        }
+        self.staged += items.len();
+        self.seen.extend(items.into_iter().map(|(robot, location)| (robot, location.timestamp)));
+        self.waiting.push_back(Waiting { ack: input.ack, rows, refused: has_refused, generation: self.generation });
+        self.opened.get_or_insert_with(tokio::time::Instant::now);
+        self.acknowledge_settled();
     }
 
-    /// Writes the positions durably (waiting, and so holding intake, while the spool cannot
-    /// be written), then acknowledges their messages and wakes their devices.
-    async fn commit(&mut self, plant: &PlantState) {
-        let name = plant.pipeline.name();
-        if !self.items.is_empty() || !self.refused.is_empty() {
-            let items = Arc::new(std::mem::take(&mut self.items));
-            let refused = Arc::new(std::mem::take(&mut self.refused));
-            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-            let count = items.len() as u64;
-            loop {
-                let (spool, items, refused) = (plant.spool.clone(), items.clone(), refused.clone());
-                let started = Instant::now();
-                // A failed write tries to make room (delivered positions' pages back to the
-                // disk) for the next attempt.
-                let append = move || spool.append_with_refused(&items, &refused).inspect_err(|_| drop(spool.reclaim()));
-                match tokio::task::spawn_blocking(append).await.expect("spool calls do not panic") {
-                    Ok(()) => {
-                        metrics::histogram!("edge_spool_write_seconds", "plant" => name.to_string())
-                            .record(started.elapsed().as_secs_f64());
-                        metrics::counter!("edge_positions_spooled_total", "plant" => name.to_string()).increment(count);
-                        self.trouble_over(&plant.sink.watch);
-                        break;
-                    }
-                    Err(e) => {
-                        metrics::counter!("edge_spool_write_failures_total", "plant" => name.to_string()).increment(1);
-                        self.write_failed(&plant.sink.watch, &e);
-                        tokio::time::sleep(backoff.next_delay()).await;
-                    }
-                }
-            }
-            let devices: BTreeSet<&str> = items.iter().map(|(robot, _)| robot.as_str()).collect();
-            for device in devices {
-                plant.sink.wake(device);
+    /// Takes what the device workers delivered: messages whose positions all reached Twinzo need
+    /// no write and are acknowledged (in order: an earlier message still waiting holds later ones
+    /// back, for at most a window).
+    fn settle(&mut self, spool: &Spool) {
+        let delivered = spool.take_settled();
+        if !delivered.is_empty() {
+            let delivered: std::collections::HashSet<i64> = delivered.into_iter().collect();
+            for waiting in &mut self.waiting {
+                waiting.rows.retain(|id| !delivered.contains(id));
             }
         }
-        for ack in self.acks.drain(..) {
-            ack.acknowledge();
+        self.acknowledge_settled();
+    }
+
+    fn acknowledge_settled(&mut self) {
+        while self.waiting.front().is_some_and(|w| w.rows.is_empty() && !w.refused) {
+            self.waiting.pop_front().expect("just looked").ack.acknowledge();
+        }
+    }
+
+    /// Starts writing what the spool was given and Twinzo has not confirmed yet; the messages
+    /// that came before are acknowledged once it is written.
+    fn write(&mut self, plant: &mut PlantState) -> Write {
+        if plant.pace.replaying(&self.seen) {
+            plant.backlog.seen();
+        }
+        let newest = self.seen.iter().map(|(_, t)| *t).max();
+        plant.report_backlog(self.staged as u64, newest);
+        let spool = plant.spool.clone();
+        // A failed write tries to make room (delivered positions' pages back to the disk) for
+        // the next attempt.
+        let task = tokio::task::spawn_blocking(move || spool.commit().inspect_err(|_| drop(spool.reclaim())));
+        let covers = self.generation;
+        self.generation += 1;
+        (self.staged, self.opened, self.retry_at) = (0, None, None);
+        self.seen.clear();
+        Write { task, covers, started: Instant::now() }
+    }
+
+    /// A write ended: the messages it covers are acknowledged, or, when it failed, wait for the
+    /// next attempt (nothing is acknowledged before it is delivered or written).
+    fn finished(&mut self, plant: &PlantState, written: Written) {
+        let name = plant.pipeline.name();
+        match written.result {
+            Ok(()) => {
+                metrics::histogram!("edge_spool_write_seconds", "plant" => name.to_string())
+                    .record(written.took.as_secs_f64());
+                self.retry.reset();
+                self.trouble_over(&plant.sink.watch);
+                while self.waiting.front().is_some_and(|w| w.generation <= written.covers) {
+                    self.waiting.pop_front().expect("just looked").ack.acknowledge();
+                }
+                self.acknowledge_settled();
+            }
+            Err(e) => {
+                metrics::counter!("edge_spool_write_failures_total", "plant" => name.to_string()).increment(1);
+                self.write_failed(&plant.sink.watch, &e);
+                // The failed write's messages go with the next one.
+                for waiting in self.waiting.iter_mut().filter(|w| w.generation <= written.covers) {
+                    waiting.generation = self.generation;
+                }
+                self.opened.get_or_insert_with(tokio::time::Instant::now);
+                self.retry_at = Some(tokio::time::Instant::now() + self.retry.next_delay());
+            }
         }
     }
 
@@ -450,6 +575,7 @@ struct PlantSink {
     workers: JoinSet<()>,
     watch: Arc<PlantWatch>,
     backlog: Arc<Backlog>,
+    settled: Arc<tokio::sync::Notify>,
 }
 
 /// What, when changed, means every device worker must be replaced.
@@ -465,6 +591,7 @@ impl PlantSink {
         spool: Arc<Spool>,
         watch: Arc<PlantWatch>,
         backlog: Arc<Backlog>,
+        settled: Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<Self> {
         let plant = &settings.plant;
         let api = plant.twinzo.as_ref().map(TwinzoApi::new).transpose()?.map(Arc::new);
@@ -481,6 +608,7 @@ impl PlantSink {
             workers: JoinSet::new(),
             watch,
             backlog,
+            settled,
         };
         for (robot, device) in &plant.devices {
             sink.spawn(robot, device);
@@ -509,6 +637,7 @@ impl PlantSink {
             self.settings.pacing.clone(),
             self.watch.clone(),
             self.backlog.clone(),
+            self.settled.clone(),
         );
         self.workers.spawn(worker.run());
         self.devices.insert(robot.to_string(), (device.clone(), handle));

@@ -105,6 +105,8 @@ pub struct DeviceWorker {
     /// Where the worker reports how posting goes (Twinzo reachable, last result per device).
     watch: Arc<PlantWatch>,
     backlog: Arc<Backlog>,
+    /// Told when positions are delivered (their messages may be acknowledged).
+    settled: Arc<Notify>,
     /// The newest timestamp posted (delivered or dead-lettered): a newer one jumps the queue.
     posted_up_to: Option<u64>,
     /// Spool errors, as one episode: a line at the first, one a minute, one when it works again.
@@ -152,6 +154,7 @@ impl DeviceWorker {
         pacing: Pacing,
         watch: Arc<PlantWatch>,
         backlog: Arc<Backlog>,
+        settled: Arc<Notify>,
     ) -> (DeviceHandle, DeviceWorker) {
         let (wake, (stop_tx, stop)) = (Arc::new(Notify::new()), watch::channel(false));
         let worker = DeviceWorker {
@@ -168,6 +171,7 @@ impl DeviceWorker {
             failing: Episode::new(STILL_FAILING_EVERY, Duration::MAX),
             watch,
             backlog,
+            settled,
             posted_up_to: None,
             spool_trouble: Episode::new(Duration::from_secs(60), Duration::MAX),
         };
@@ -284,6 +288,7 @@ impl DeviceWorker {
                 PostResult::Accepted => {
                     self.delivered(batch.len());
                     self.spool.remove(&self.robot, &ids);
+                    self.settled.notify_one();
                 }
                 PostResult::Partial { rejected, reason, detail } => {
                     let refused: Vec<i64> = rejected.iter().filter_map(|i| ids.get(*i).copied()).collect();
@@ -291,6 +296,7 @@ impl DeviceWorker {
                     tracing::warn!(plant = %self.plant, robot = %self.robot, rejected = refused.len(), "Twinzo refused some locations (dead-lettered): {detail}");
                     self.delivered(batch.len() - rejected.len());
                     self.spool.remove(&self.robot, &kept);
+                    self.settled.notify_one();
                     self.dead_letter(refused, reason, &detail).await?;
                 }
                 PostResult::Refused { reason, .. } if part.len() > 1 => {

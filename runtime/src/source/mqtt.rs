@@ -37,7 +37,8 @@ pub type StopSignal = watch::Receiver<Option<Instant>>;
 
 /// A connection that lasted this long was a real session, not a flap.
 const STABLE: Duration = Duration::from_secs(10);
-/// The pipeline busy this much of the time means the source is taking a backlog.
+/// Messages held back (taken from the broker, not yet handed on) this much of the time means
+/// the source is taking a backlog.
 const BACKLOG_DUTY: f64 = 0.8;
 /// Over windows this long.
 const DUTY_WINDOW: Duration = Duration::from_millis(500);
@@ -179,6 +180,7 @@ impl Connection {
                 () = tokio::time::sleep_until(deadline), if self.draining.is_some() => break,
             }
             self.hand_over_acks();
+            self.duty.held(!self.parked.is_empty());
             if self.draining.is_some() && self.settled() {
                 break;
             }
@@ -211,9 +213,6 @@ impl Connection {
 
     fn forward(&mut self, permit: mpsc::OwnedPermit<Inbound>) {
         let parked = self.parked.pop_front().expect("forwarding needs a parked message");
-        if self.in_pipeline == 0 {
-            self.duty.busy();
-        }
         permit.send(Inbound {
             topic: parked.topic,
             payload: parked.payload,
@@ -226,9 +225,6 @@ impl Connection {
 
     fn completed(&mut self, done: Done) {
         self.in_pipeline = self.in_pipeline.saturating_sub(1);
-        if self.in_pipeline == 0 {
-            self.duty.idle();
-        }
         match done.packet {
             Some(packet) if done.acknowledge && packet.connection == self.connection => self.owed.push_back(packet),
             Some(_) if done.acknowledge => {
@@ -441,8 +437,10 @@ impl Connection {
     }
 }
 
-/// How much of the recent time the pipeline held messages: near all of it, edge sets the pace
-/// (the broker has more than edge takes: a backlog); little, the broker does (live traffic).
+/// How much of the recent time the source held messages back (the in-flight window full, or
+/// the plugin thread behind): near all of it, edge sets the pace (the broker has more than edge
+/// takes: a backlog); little, the broker does (live traffic). Messages merely waiting for
+/// their group's write do not count: that wait is the same at any rate.
 #[derive(Debug)]
 struct Duty {
     window_start: Instant,
@@ -459,13 +457,14 @@ impl Default for Duty {
 }
 
 impl Duty {
-    fn busy(&mut self) {
-        self.busy_since.get_or_insert_with(Instant::now);
-    }
-
-    fn idle(&mut self) {
-        if let Some(since) = self.busy_since.take() {
-            self.busy += since.elapsed();
+    fn held(&mut self, held: bool) {
+        match (held, self.busy_since) {
+            (true, None) => self.busy_since = Some(Instant::now()),
+            (false, Some(since)) => {
+                self.busy += since.elapsed();
+                self.busy_since = None;
+            }
+            _ => {}
         }
     }
 

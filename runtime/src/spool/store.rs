@@ -2,7 +2,7 @@
 //! beside them (`tails`). Calls that touch SQLite block: async code calls them through
 //! `spawn_blocking`; [`Spool::next_batch_from_memory`] and [`Spool::remove`] never do.
 
-use super::tails::{Pick, Tails, pick};
+use super::tails::{Pick, Tails, Unwritten, pick};
 use crate::model::{TwinzoLocation, now_ms};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::collections::BTreeMap;
@@ -169,11 +169,19 @@ impl Spool {
             let page: u64 = conn.pragma_query_value(None, "page_size", |r| r.get(0)).map_err(|e| open_err(e.into()))?;
             conn.pragma_update(None, "max_page_count", (cap / page).max(16)).map_err(|e| open_err(e.into()))?;
         }
+        let last_id: i64 = conn
+            .query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(id) FROM queue), 0), COALESCE((SELECT MAX(id) FROM dead_letter), 0), \
+                 COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'queue'), 0))",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| open_err(e.into()))?;
         Ok(Spool {
             path: path.into(),
             min_free_bytes: disk.min_free_bytes,
             conn: Mutex::new(conn),
-            tails: Mutex::default(),
+            tails: Mutex::new(Tails::new(last_id)),
         })
     }
 
@@ -221,44 +229,56 @@ impl Spool {
 
     /// Stores positions in one durable transaction, unless the disk is nearly full.
     pub fn append(&self, items: &[(String, TwinzoLocation)]) -> Result<(), SpoolError> {
-        self.append_with_refused(items, &[])
+        self.stage(items, Vec::new());
+        self.commit()
     }
 
-    /// As [`append`](Self::append), with positions refused before posting going straight to
-    /// the dead letters, in the same transaction. Deletes owed for delivered positions go in it
-    /// too, so they cost no write of their own.
-    pub fn append_with_refused(
-        &self,
-        items: &[(String, TwinzoLocation)],
-        refused: &[Refused],
-    ) -> Result<(), SpoolError> {
+    /// Gives positions to the spool: at once in memory, where their device workers may post
+    /// them, and durable with the next [`commit`](Self::commit). Positions refused before posting
+    /// go to the dead letters with it. Never blocks on the disk.
+    /// Returns the positions' ids.
+    pub fn stage(&self, items: &[(String, TwinzoLocation)], refused: Vec<Refused>) -> Vec<i64> {
+        let mut tails = self.tails();
+        let ids = items.iter().map(|(device, location)| tails.stage(device, location.clone())).collect();
+        for r in refused {
+            tails.stage_refused(r);
+        }
+        ids
+    }
+
+    /// Positions given and not yet written that were delivered since the last call: their
+    /// messages need no write any more.
+    pub fn take_settled(&self) -> Vec<i64> {
+        self.tails().take_settled()
+    }
+
+    /// Positions given but not yet written.
+    pub fn unwritten(&self) -> usize {
+        self.tails().unwritten_count()
+    }
+
+    /// Writes everything given since the last commit in one durable transaction (one fsync),
+    /// with the deletes owed for delivered positions, unless the disk is nearly full. What a
+    /// failed commit did not write waits for the next.
+    pub fn commit(&self) -> Result<(), SpoolError> {
         if let Some(free) = self.free_bytes().filter(|free| *free < self.min_free_bytes) {
             return Err(SpoolError::LowDisk { path: self.path.clone(), free, min: self.min_free_bytes });
         }
         let now = now_ms() as i64;
         self.with(|conn| {
-            let delivered = self.tails().take_delivered();
-            let written = write(conn, &delivered, items, refused, now);
-            let mut tails = self.tails();
-            match written {
-                Ok(ids) => {
-                    for ((device, location), id) in items.iter().zip(ids) {
-                        tails.push(device, Row { id, location: location.clone() });
-                    }
-                    Ok(())
-                }
-                Err(e) => {
-                    tails.restore_delivered(delivered);
-                    Err(e)
-                }
+            let (unwritten, deletes) = self.tails().take_for_write();
+            if unwritten.rows.is_empty() && unwritten.refused.is_empty() && deletes.is_empty() {
+                return Ok(());
             }
+            write(conn, &unwritten, &deletes, now).inspect_err(|_| self.tails().restore_write(unwritten, deletes))
         })
     }
 
-    /// Deletes what was delivered since the last write (a plant with no new positions does this
-    /// every second).
-    pub fn flush_removed(&self) -> Result<(), SpoolError> {
-        self.with(|conn| self.flush_delivered(conn))
+    /// Whether a [`commit`](Self::commit) has anything to do: positions not written, dead
+    /// letters not written, deletes owed.
+    pub fn owes_a_write(&self) -> bool {
+        let tails = self.tails();
+        tails.unwritten_count() > 0 || tails.delivered_waiting() > 0
     }
 
     fn flush_delivered(&self, conn: &mut Connection) -> rusqlite::Result<()> {
@@ -267,11 +287,6 @@ impl Spool {
             return Ok(());
         }
         delete_ids(conn, &delivered).inspect_err(|_| self.tails().restore_delivered(delivered.clone()))
-    }
-
-    /// Delivered positions waiting for their delete.
-    pub fn removed_waiting(&self) -> usize {
-        self.tails().delivered_waiting()
     }
 
     /// What a device worker posts next, in one call: how many positions wait, and the batch.
@@ -349,7 +364,7 @@ impl Spool {
     }
 
     /// Forgets delivered positions of `device`: at once here, in SQLite with the next write
-    /// (or [`flush_removed`](Self::flush_removed)).
+    /// (or the plant's write of what is owed, within a second).
     ///
     /// Without an fsync of its own: a crash can at worst undo the delete, and the position
     /// is posted once more (at least once).
@@ -357,11 +372,12 @@ impl Spool {
         self.tails().forget(device, ids);
     }
 
-    /// Moves positions of `device` that Twinzo refused to the dead letters, with the reason.
-    pub fn dead_letter(&self, device: &str, ids: &[i64], reason: &str, detail: &str) -> Result<(), SpoolError> {
+    /// Moves positions of `device` that Twinzo refused to the dead letters, with the reason
+    /// (those not written yet, with the next write).
+    pub fn dead_letter(&self, device: &str, ids: &[i64], reason: &'static str, detail: &str) -> Result<(), SpoolError> {
         let now = now_ms() as i64;
         self.with(|conn| {
-            self.tails().discard(device, ids);
+            let ids = self.tails().dead_letter(device, ids, reason, detail);
             let tx = conn.transaction()?;
             {
                 let mut copy = tx.prepare_cached(
@@ -459,9 +475,13 @@ impl Spool {
                 out.entry(device).or_default().dead = n as u64;
             }
             let mut tails = self.tails();
+            let unwritten = tails.unwritten_per_device();
             let stale: Vec<String> = tails
                 .exact_counts()
-                .filter(|(device, n)| out.get(*device).map_or(0, |c| c.queued) != *n)
+                .filter(|(device, n)| {
+                    let written = out.get(*device).map_or(0, |c| c.queued);
+                    written + unwritten.get(device).copied().unwrap_or(0) != *n
+                })
                 .map(|(device, _)| device.to_string())
                 .collect();
             for device in stale {
@@ -490,7 +510,7 @@ impl Spool {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let n = tx.execute(
-                "INSERT INTO queue (device, ts, body, bytes, enqueued_ms) SELECT device, ts, body, length(body), ?2 FROM dead_letter WHERE ?1 IS NULL OR device = ?1 ORDER BY id",
+                "INSERT INTO queue (id, device, ts, body, bytes, enqueued_ms) SELECT id, device, ts, body, length(body), ?2 FROM dead_letter WHERE ?1 IS NULL OR device = ?1 ORDER BY id",
                 params![device, now],
             )?;
             tx.execute("DELETE FROM dead_letter WHERE ?1 IS NULL OR device = ?1", params![device])?;
@@ -555,44 +575,32 @@ struct Below {
     rows: Option<Vec<RawRow>>,
 }
 
-/// One transaction: the owed deletes, the new positions (their ids returned, in order), the
-/// refused ones straight to the dead letters.
-fn write(
-    conn: &mut Connection,
-    delivered: &[i64],
-    items: &[(String, TwinzoLocation)],
-    refused: &[Refused],
-    now: i64,
-) -> rusqlite::Result<Vec<i64>> {
+/// One transaction: the new positions (with the ids the spool gave them), the refused ones
+/// straight to the dead letters, then the owed deletes.
+fn write(conn: &mut Connection, unwritten: &Unwritten, deletes: &[i64], now: i64) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    let mut ids = Vec::with_capacity(items.len());
     {
-        let mut delete = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
-        for id in delivered {
-            delete.execute([id])?;
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO queue (id, device, ts, body, bytes, enqueued_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (device, row) in &unwritten.rows {
+            let body = serde_json::to_string(&row.location).expect("locations serialize");
+            insert.execute(params![row.id, device, row.location.timestamp as i64, body, body.len() as i64, now])?;
         }
-        let mut insert =
-            tx.prepare_cached("INSERT INTO queue (device, ts, body, bytes, enqueued_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-        for (device, location) in items {
-            let body = serde_json::to_string(location).expect("locations serialize");
-            insert.execute(params![device, location.timestamp as i64, body, body.len() as i64, now])?;
-            ids.push(tx.last_insert_rowid());
-        }
-        // Through the queue, so that dead letters keep the queue's never-reused ids.
         let mut dead = tx.prepare_cached(
             "INSERT INTO dead_letter (id, device, ts, body, reason, detail, failed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        for r in refused {
+        for (id, r) in &unwritten.refused {
             let body = serde_json::to_string(&r.location).expect("locations serialize");
             let ts = i64::try_from(r.location.timestamp).unwrap_or(i64::MAX);
-            insert.execute(params![r.device, ts, body, body.len() as i64, now])?;
-            let id = tx.last_insert_rowid();
-            delete.execute([id])?;
             dead.execute(params![id, r.device, ts, body, r.reason, r.detail, now])?;
         }
+        let mut delete = tx.prepare_cached("DELETE FROM queue WHERE id = ?1")?;
+        for id in deletes {
+            delete.execute([id])?;
+        }
     }
-    tx.commit()?;
-    Ok(ids)
+    tx.commit()
 }
 
 fn delete_ids(conn: &mut Connection, ids: &[i64]) -> rusqlite::Result<()> {
@@ -726,7 +734,8 @@ mod tests {
             reason: "out-of-range",
             detail: "Timestamp".into(),
         };
-        s.append_with_refused(&[("a".into(), location(1))], &[refused]).unwrap();
+        s.stage(&[("a".into(), location(1))], vec![refused]);
+        s.commit().unwrap();
         assert_eq!(s.pending("a").unwrap(), 1);
         let dead = s.dead(Some("a"), 10).unwrap();
         assert_eq!((dead.len(), dead[0].reason.as_str()), (1, "out-of-range"));
@@ -816,7 +825,7 @@ mod tests {
         let full = size();
         let ids: Vec<i64> = s.oldest("a", 5000).unwrap().iter().map(|r| r.id).collect();
         s.remove("a", &ids);
-        s.flush_removed().unwrap();
+        s.commit().unwrap();
         s.reclaim().unwrap();
         assert!(size() < full / 4, "{} bytes after delivering everything, {full} before", size());
     }
@@ -865,13 +874,43 @@ mod tests {
         let batch = s.next_batch_from_memory("a", want).expect("memory holds everything");
         assert_eq!(stamps(&batch), vec![2]);
         s.remove("a", &[batch.rows[0].id]);
-        assert_eq!(s.removed_waiting(), 1, "the first delete went with the second append");
+        assert_eq!(s.tails().delivered_waiting(), 1, "the first delete went with the second append");
         // A crash now would post the second again (at least once)...
         let reopened = Spool::open(&path, DiskLimits::default()).unwrap();
         assert_eq!(reopened.pending("a").unwrap(), 1);
         // ...the next write carries the deletes.
         s.append(&[("b".into(), location(3))]).unwrap();
-        assert_eq!((s.removed_waiting(), reopened.pending("a").unwrap()), (0, 0));
+        assert_eq!((s.tails().delivered_waiting(), reopened.pending("a").unwrap()), (0, 0));
+    }
+
+    #[test]
+    fn a_staged_position_can_be_posted_before_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let s = Spool::open(&path, DiskLimits::default()).unwrap();
+        s.append(&[("a".into(), location(1))]).unwrap();
+        assert_eq!(drain(&s, "a", 10), vec![1]);
+        s.stage(&[("a".into(), location(2)), ("a".into(), location(3))], Vec::new());
+        let want = BatchRequest { max: 10, posted_up_to: Some(1), history: true };
+        let first = s.next_batch_from_memory("a", want).unwrap();
+        assert_eq!(stamps(&first), vec![2, 3], "in memory before any write");
+        s.remove("a", &[first.rows[0].id]);
+        s.commit().unwrap();
+        // Delivered before the write: never written. The other one is durable.
+        let reopened = Spool::open(&path, DiskLimits::default()).unwrap();
+        assert_eq!(drain(&reopened, "a", 10), vec![3]);
+        // Refused before it was written: straight to the dead letters with the next write.
+        reopened.stage(&[("a".into(), location(5))], Vec::new());
+        let refused =
+            reopened.next_batch_from_memory("a", BatchRequest { max: 10, posted_up_to: Some(3), history: true });
+        let id = refused.unwrap().rows[0].id;
+        reopened.dead_letter("a", &[id], "success-false", "refused").unwrap();
+        reopened.commit().unwrap();
+        assert_eq!((reopened.pending("a").unwrap(), reopened.dead(Some("a"), 10).unwrap().len()), (0, 1));
+        // New ids continue after what the file holds.
+        reopened.append(&[("a".into(), location(4))]).unwrap();
+        let ids: Vec<i64> = reopened.oldest("a", 10).unwrap().iter().map(|r| r.id).collect();
+        assert!(ids[0] > first.rows[0].id + 1, "{ids:?}");
     }
 
     #[test]

@@ -1,22 +1,39 @@
 //! The spool's memory of what each device has queued: every device's newest rows, so that a
-//! device worker's next batch and its deletes cost no SQLite statement while traffic is live.
+//! device worker's next batch and its deletes cost no SQLite statement while traffic is live,
+//! and the rows given to the spool but not yet written (a group written with one fsync).
 //! SQLite stays the truth: where memory may lack rows (after a restart, past the per-device
 //! bound, or after another process changed the file) the rest is read from it.
 
-use super::store::{BatchRequest, Row};
-use std::collections::{HashMap, VecDeque};
+use super::store::{BatchRequest, Refused, Row};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Rows of one device kept in memory at most; beyond, its oldest are in SQLite only. Live
 /// traffic queues one or two per device; a backlog is read from SQLite a batch at a time.
 pub(super) const TAIL_ROWS: usize = 32;
 
-/// Every device's tail, and the deletes owed to SQLite.
-#[derive(Default)]
+/// Every device's tail, the rows not yet written, and the deletes owed to SQLite.
 pub(super) struct Tails {
     devices: HashMap<String, Tail>,
     /// Rows delivered (forgotten here) and not yet deleted from SQLite: deleted with the next
-    /// write, or within a second (`Spool::flush_removed`).
+    /// write (within a second: the plant writes what is owed).
     delivered: Vec<i64>,
+    /// Rows given to the spool (already in their device's tail) and not yet written.
+    unwritten: Unwritten,
+    /// The ids of `unwritten.rows`.
+    unwritten_ids: HashSet<i64>,
+    /// Unwritten rows delivered since the plant last looked: their messages need no write.
+    settled: Vec<i64>,
+    /// The id the next row gets. The spool hands out ids itself, so that a row can be posted
+    /// before it is written; nothing else allocates them (dead letters keep their row's id).
+    next_id: i64,
+}
+
+/// Rows waiting for the next write.
+#[derive(Default)]
+pub(super) struct Unwritten {
+    pub rows: Vec<(String, Row)>,
+    /// Refused before posting: straight to the dead letters, with their ids.
+    pub refused: Vec<(i64, Refused)>,
 }
 
 /// One device's newest queued rows, in time order (as SQLite serves them).
@@ -55,8 +72,66 @@ pub(super) fn pick(pending: u64, newest_ts: Option<u64>, want: &BatchRequest) ->
 }
 
 impl Tails {
+    /// Ids continue after `last`, the highest the file has used.
+    pub fn new(last: i64) -> Self {
+        Tails {
+            devices: HashMap::new(),
+            delivered: Vec::new(),
+            unwritten: Unwritten::default(),
+            unwritten_ids: HashSet::new(),
+            settled: Vec::new(),
+            next_id: last + 1,
+        }
+    }
+
+    /// A position given to the spool: in its device's tail at once (a worker may post it before
+    /// it is written), and in line for the next write. Returns its id.
+    pub fn stage(&mut self, device: &str, location: crate::model::TwinzoLocation) -> i64 {
+        let id = self.allocate();
+        let row = Row { id, location };
+        self.push(device, row.clone());
+        self.unwritten.rows.push((device.to_string(), row));
+        self.unwritten_ids.insert(id);
+        id
+    }
+
+    /// A position refused before posting, in line for the dead letters.
+    pub fn stage_refused(&mut self, refused: Refused) {
+        let id = self.allocate();
+        self.unwritten.refused.push((id, refused));
+    }
+
+    fn allocate(&mut self) -> i64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    pub fn unwritten_count(&self) -> usize {
+        self.unwritten.rows.len() + self.unwritten.refused.len()
+    }
+
+    /// What the next write takes: the unwritten rows not delivered yet, and the deletes owed
+    /// for rows that were written (a row delivered before it was written is never written).
+    pub fn take_for_write(&mut self) -> (Unwritten, Vec<i64>) {
+        let mut unwritten = std::mem::take(&mut self.unwritten);
+        self.unwritten_ids.clear();
+        let delivered: HashSet<i64> = self.delivered.drain(..).collect();
+        unwritten.rows.retain(|(_, row)| !delivered.contains(&row.id));
+        (unwritten, delivered.into_iter().collect())
+    }
+
+    /// A write that failed: its rows and deletes wait for the next.
+    pub fn restore_write(&mut self, mut unwritten: Unwritten, deletes: Vec<i64>) {
+        unwritten.rows.append(&mut self.unwritten.rows);
+        unwritten.refused.append(&mut self.unwritten.refused);
+        self.unwritten_ids = unwritten.rows.iter().map(|(_, r)| r.id).collect();
+        self.unwritten = unwritten;
+        self.delivered.extend(deletes);
+    }
+
     /// Rows just committed to SQLite (ids increase with every append).
-    pub fn push(&mut self, device: &str, row: Row) {
+    fn push(&mut self, device: &str, row: Row) {
         let tail = match self.devices.get_mut(device) {
             Some(tail) => tail,
             None => self.devices.entry(device.to_string()).or_default(),
@@ -116,6 +191,12 @@ impl Tails {
     pub fn forget(&mut self, device: &str, ids: &[i64]) {
         self.discard(device, ids);
         self.delivered.extend_from_slice(ids);
+        self.settled.extend(ids.iter().filter(|id| self.unwritten_ids.contains(id)));
+    }
+
+    /// Unwritten rows delivered since the last call.
+    pub fn take_settled(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.settled)
     }
 
     /// Rows gone from SQLite already (dead-lettered, dropped by the size or age policy).
@@ -125,6 +206,25 @@ impl Tails {
             sorted.sort_unstable();
             tail.rows.retain(|r| sorted.binary_search(&r.id).is_err());
         }
+    }
+
+    /// Positions refused after they were given: those not written yet go straight to the dead
+    /// letters with the next write. Returns the ids that are written (SQLite must move them).
+    pub fn dead_letter(&mut self, device: &str, ids: &[i64], reason: &'static str, detail: &str) -> Vec<i64> {
+        self.discard(device, ids);
+        let mut written = Vec::new();
+        for id in ids {
+            match self.unwritten.rows.iter().position(|(_, r)| r.id == *id) {
+                Some(at) => {
+                    let (device, row) = self.unwritten.rows.remove(at);
+                    self.unwritten_ids.remove(&row.id);
+                    let refused = Refused { device, location: row.location, reason, detail: detail.to_string() };
+                    self.unwritten.refused.push((row.id, refused));
+                }
+                None => written.push(*id),
+            }
+        }
+        written
     }
 
     /// Memory no longer trusted for this device (SQLite changed under it): read SQLite again.
@@ -142,8 +242,21 @@ impl Tails {
         self.devices.iter().filter(|(_, t)| t.below.is_none()).map(|(d, t)| (d.as_str(), t.rows.len() as u64))
     }
 
+    /// Deletes owed for rows that are written (those of unwritten rows wait for their write).
     pub fn take_delivered(&mut self) -> Vec<i64> {
-        std::mem::take(&mut self.delivered)
+        let unwritten = &self.unwritten_ids;
+        let (wait, now): (Vec<i64>, Vec<i64>) = self.delivered.drain(..).partition(|id| unwritten.contains(id));
+        self.delivered = wait;
+        now
+    }
+
+    /// Unwritten rows per device (memory holds them, SQLite does not yet).
+    pub fn unwritten_per_device(&self) -> HashMap<&str, u64> {
+        let mut counts = HashMap::new();
+        for (device, _) in &self.unwritten.rows {
+            *counts.entry(device.as_str()).or_default() += 1;
+        }
+        counts
     }
 
     /// Deletes that could not be written go back in line.
@@ -185,7 +298,7 @@ mod tests {
 
     #[test]
     fn memory_answers_once_sqlite_has_nothing_it_lacks() {
-        let mut tails = Tails::default();
+        let mut tails = Tails::new(0);
         tails.push("a", row(10, 1));
         assert_eq!(tails.bound("a"), Some(10), "a first row: older ones may be in SQLite");
         assert!(tails.batch("a", &want(10, None)).is_none());
@@ -200,7 +313,7 @@ mod tests {
 
     #[test]
     fn past_the_bound_the_oldest_rows_are_in_sqlite_only() {
-        let mut tails = Tails::default();
+        let mut tails = Tails::new(0);
         tails.close_gap("a");
         for id in 0..(TAIL_ROWS as i64 + 5) {
             tails.push("a", row(id, id as u64));
@@ -212,7 +325,7 @@ mod tests {
 
     #[test]
     fn the_newest_goes_first_over_a_backlog() {
-        let mut tails = Tails::default();
+        let mut tails = Tails::new(0);
         tails.close_gap("a");
         for id in 1..=5 {
             tails.push("a", row(id, id as u64));
@@ -226,7 +339,7 @@ mod tests {
 
     #[test]
     fn invalidated_memory_asks_sqlite_again() {
-        let mut tails = Tails::default();
+        let mut tails = Tails::new(0);
         tails.close_gap("a");
         tails.push("a", row(1, 1));
         tails.invalidate("a");
