@@ -35,11 +35,19 @@ impl Mosquitto {
     /// folder of its own under `dir`) and no limit on the messages queued per client, so that
     /// it holds what edge does not take while it is away or holds intake.
     pub fn persistent(dir: &Path) -> Self {
+        Self::persistent_with(dir, "")
+    }
+
+    /// As [`persistent`](Self::persistent), with more mosquitto.conf lines.
+    pub fn persistent_with(dir: &Path, extra: &str) -> Self {
         // mosquitto started as root drops to its own user: its database folder must be writable.
         let db = dir.join("mosquitto-db");
         std::fs::create_dir(&db).unwrap();
         std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-        Self::with_config(&format!("persistence true\npersistence_location {}/\nmax_queued_messages 0\n", db.display()))
+        Self::with_config(&format!(
+            "persistence true\npersistence_location {}/\nmax_queued_messages 0\n{extra}",
+            db.display()
+        ))
     }
 
     pub fn dir(&self) -> &Path {

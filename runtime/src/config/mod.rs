@@ -283,6 +283,16 @@ impl MqttConfig {
         }
     }
 
+    /// How many messages the broker sends edge before it waits for their acknowledgements, as
+    /// far as edge can tell: MQTT 5 tells the broker `receive_maximum`; over 3.1.1 the broker
+    /// decides, and brokers commonly allow 20 (mosquitto's `max_inflight_messages`).
+    pub fn unacknowledged_limit(&self) -> usize {
+        match self.protocol {
+            MqttProtocol::V5 => usize::from(self.receive_maximum.max(1)),
+            MqttProtocol::V311 => 20,
+        }
+    }
+
     /// The filters to subscribe to: `topics` (or the plugin's `defaults`), in the share group
     /// when there is one.
     pub fn subscriptions(&self, defaults: &[String]) -> Vec<String> {
@@ -464,8 +474,9 @@ impl Default for MotionConfig {
 #[serde(deny_unknown_fields)]
 pub struct BatchingConfig {
     /// Posts of one device start at least this far apart (0: a post starts as soon as the
-    /// previous one ended). Either way, what arrives while a post is in flight goes together
-    /// in the next one.
+    /// previous one ended): a device updating less often posts each position at once, a faster
+    /// one in batches (a request per position would cost more than the position). Either way,
+    /// what arrives while a post is in flight goes together in the next one.
     #[serde(default = "defaults::flush_interval_ms")]
     pub flush_interval_ms: u64,
     #[serde(default = "defaults::max_batch")]
@@ -511,7 +522,7 @@ mod defaults {
         7 * 24
     }
     pub fn replay_per_second() -> u32 {
-        200
+        1000
     }
     pub fn fleet() -> String {
         "default".into()
@@ -581,7 +592,7 @@ mod defaults {
         2000
     }
     pub fn flush_interval_ms() -> u64 {
-        0
+        50
     }
     pub fn max_batch() -> usize {
         100

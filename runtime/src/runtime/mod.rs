@@ -289,7 +289,12 @@ impl Runtime {
             return;
         };
         if let Some(plugin) = plugin.or_else(|| running.plugin()) {
-            running.set_route(Route { plugin, transform: (&source.transform).into(), plant: plant.tx.clone() });
+            running.set_route(Route {
+                plugin,
+                transform: (&source.transform).into(),
+                plant: plant.tx.clone(),
+                unacknowledged_limit: source.mqtt.unacknowledged_limit(),
+            });
         }
         if !running.connected() {
             running.connect();

@@ -21,13 +21,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-/// A group of this many positions is written at once (group commit)...
-const GROUP_COMMIT: usize = 256;
-/// ...a smaller one when its first message waited this long: positions Twinzo confirms
-/// meanwhile are never written, the rest share one fsync. Only acknowledgements wait for it,
-/// and briefly: a broker sends a client only so many messages before their acknowledgements
-/// (mosquitto: 20 to an MQTT 3.1.1 client).
+/// What the spool was given is written (one fsync for all) when half of the messages a broker
+/// sends before it waits for acknowledgements are waiting (20 for mosquitto and an MQTT 3.1.1
+/// client; `receive_maximum` over MQTT 5), so that the write is done before the feed stalls...
+fn write_when_waiting(unacknowledged_limit: usize) -> usize {
+    (unacknowledged_limit / 2).max(1)
+}
+/// ...or when the first of them waited this long. Positions Twinzo confirms meanwhile are
+/// acknowledged at once and never written.
 const COMMIT_WINDOW: Duration = Duration::from_millis(50);
+/// A plant that received this many positions since its last write, with as many again waiting
+/// in its channel, is behind: it takes a backlog.
+const GROUP_COMMIT: usize = 256;
 /// How often the spool's size and age policy runs.
 const ENFORCE_EVERY: Duration = Duration::from_secs(5);
 /// What device workers leave for the spool (deletes, dead letters) rides on the next write;
@@ -53,6 +58,8 @@ pub struct PlantInput {
     pub received_at_ms: u64,
     /// The source took it from a backlog (see [`crate::source::Inbound::backlog`]).
     pub backlog: bool,
+    /// Messages its broker sends before it waits for their acknowledgements.
+    pub unacknowledged_limit: usize,
     /// Sent once every position of the message is in the spool.
     pub ack: Ack,
 }
@@ -194,7 +201,8 @@ async fn run(mut plant: PlantState, mut rx: mpsc::Receiver<PlantMsg>) {
             }
             () = sleep_until(due), if due.is_some() => writing = Some(group.write(&mut plant)),
             _ = enforce.tick(), if writing.is_none() => {
-                enforce_limits(&plant.spool, &plant.limits, &plant.sink.watch).await;
+                let devices: Vec<String> = plant.sink.devices.keys().cloned().collect();
+                enforce_limits(&plant.spool, &plant.limits, &plant.sink.watch, &devices).await;
                 group.trouble_over(&plant.sink.watch);
                 plant.report_backlog(0, None);
             }
@@ -344,6 +352,8 @@ impl Pace {
 /// are delivered (Twinzo confirmed them) or written, whichever comes first.
 struct Group {
     waiting: VecDeque<Waiting>,
+    /// Write when this many messages wait (the smallest of their sources' limits).
+    write_at: usize,
     /// Counts writes: a message is covered by the first write that starts after it came.
     generation: u64,
     /// Positions staged since the last write started.
@@ -373,6 +383,7 @@ impl Group {
     fn new() -> Self {
         Group {
             waiting: VecDeque::new(),
+            write_at: usize::MAX,
             generation: 0,
             staged: 0,
             seen: Vec::new(),
@@ -387,13 +398,14 @@ impl Group {
         self.waiting.is_empty()
     }
 
-    /// When the spool is to be written: after a failure, when retrying; with a full group, or
-    /// when the plant stops, at once; else when the window of the group's first message closes.
+    /// When the spool is to be written: after a failure, when retrying; with enough messages
+    /// waiting ([`write_when_waiting`]), or when the plant stops, at once; else when the window
+    /// of the first message since the last write closes.
     fn due(&self, stopping: bool) -> Option<tokio::time::Instant> {
         let opened = self.opened?;
         Some(match self.retry_at {
             Some(at) => at,
-            None if stopping || self.staged >= GROUP_COMMIT => tokio::time::Instant::now(),
+            None if stopping || self.waiting.len() >= self.write_at => tokio::time::Instant::now(),
             None => opened + COMMIT_WINDOW,
         })
     }
@@ -439,6 +451,10 @@ impl Group {
         }
         self.staged += items.len();
         self.seen.extend(items.into_iter().map(|(robot, location)| (robot, location.timestamp)));
+        if self.waiting.is_empty() {
+            self.write_at = usize::MAX;
+        }
+        self.write_at = self.write_at.min(write_when_waiting(input.unacknowledged_limit));
         self.waiting.push_back(Waiting { ack: input.ack, rows, refused: has_refused, generation: self.generation });
         self.opened.get_or_insert_with(tokio::time::Instant::now);
         self.acknowledge_settled();
@@ -540,7 +556,9 @@ impl Group {
     }
 }
 
-async fn enforce_limits(spool: &Arc<Spool>, limits: &SpoolLimits, watch: &PlantWatch) {
+/// Every 5 s: the size and age policy, free pages back to the disk, and what the spool holds
+/// per device (for the fleet view and `edge_spool_queued`, of each of `devices`).
+async fn enforce_limits(spool: &Arc<Spool>, limits: &SpoolLimits, watch: &PlantWatch, devices: &[String]) {
     let plant = watch.name.as_str();
     let (spool, limits, max_bytes) = (spool.clone(), limits.clone(), limits.max_bytes);
     let enforce = move || (spool.enforce(&limits), spool.reclaim(), spool.counts());
@@ -559,6 +577,11 @@ async fn enforce_limits(spool: &Arc<Spool>, limits: &SpoolLimits, watch: &PlantW
         Err(e) => tracing::error!(plant, "cannot apply the spool limits: {e}"),
     }
     if let Ok(counts) = counts {
+        for device in devices {
+            let queued = counts.get(device).map_or(0, |c| c.queued);
+            metrics::gauge!("edge_spool_queued", "plant" => plant.to_string(), "device" => device.clone())
+                .set(queued as f64);
+        }
         let depths = counts.iter().map(|(device, c)| (device.clone(), (c.queued, c.dead))).collect();
         let bytes = counts.values().map(|c| c.queued_bytes).sum();
         watch.set_spool(&depths, bytes, max_bytes);

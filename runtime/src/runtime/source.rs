@@ -21,6 +21,9 @@ pub struct Route {
     pub plugin: Arc<LoadedPlugin>,
     pub transform: Transform,
     pub plant: mpsc::Sender<PlantMsg>,
+    /// Messages the broker sends before it waits for acknowledgements (see
+    /// [`crate::config::MqttConfig::unacknowledged_limit`]).
+    pub unacknowledged_limit: usize,
 }
 
 pub struct SourceRuntime {
@@ -178,6 +181,7 @@ fn worker(source: Arc<str>, mut rx: mpsc::Receiver<Inbound>, route: Arc<ArcSwapO
                     transform: route.transform,
                     received_at_ms: message.received_at_ms,
                     backlog: inbound.backlog,
+                    unacknowledged_limit: route.unacknowledged_limit,
                     ack: inbound.ack,
                 };
                 // A plant that is gone releases the message (the ack drops unsent).

@@ -115,7 +115,6 @@ pub struct DeviceWorker {
 
 /// A device's metrics.
 struct Meters {
-    queued: metrics::Gauge,
     posted: metrics::Counter,
     post_seconds: metrics::Histogram,
 }
@@ -124,7 +123,6 @@ impl Meters {
     fn new(plant: &str, robot: &str) -> Self {
         let labels = [("plant", plant.to_string()), ("device", robot.to_string())];
         Meters {
-            queued: metrics::gauge!("edge_spool_queued", &labels),
             posted: metrics::counter!("edge_positions_posted_total", &labels),
             post_seconds: metrics::histogram!("edge_twinzo_post_seconds", "plant" => plant.to_string()),
         }
@@ -247,7 +245,6 @@ impl DeviceWorker {
             tracing::error!(plant = %self.plant, robot = %self.robot, rows = batch.quarantined, "unreadable positions in the spool moved to the dead letters (reason undecodable)");
             metrics::counter!("edge_spool_dead_letters_total", "plant" => self.plant.clone(), "device" => self.robot.clone(), "reason" => "undecodable").increment(batch.quarantined);
         }
-        self.meters.queued.set(batch.pending as f64);
         if batch.pending == 0 {
             return Ok(Next::Idle);
         }

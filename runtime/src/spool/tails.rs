@@ -7,9 +7,15 @@
 use super::store::{BatchRequest, Refused, Row};
 use std::collections::{HashMap, HashSet, VecDeque};
 
-/// Rows of one device kept in memory at most; beyond, its oldest are in SQLite only. Live
-/// traffic queues one or two per device; a backlog is read from SQLite a batch at a time.
+/// Rows kept in memory for all devices together (about 112 bytes each: 3.5 MB), shared out
+/// evenly: 50 devices may each queue 655 in memory, 1,000 devices 32 (but no fewer than
+/// [`TAIL_ROWS`]). Beyond its share a device's oldest rows are in SQLite only and its backlog
+/// is read from there a batch at a time. Live traffic queues one or two per device.
+pub(super) const TAIL_BUDGET: usize = 32_768;
+/// Rows a device keeps in memory, at the least (a full batch fits).
 pub(super) const TAIL_ROWS: usize = 32;
+/// ...and at the most.
+pub(super) const TAIL_ROWS_MAX: usize = 1024;
 
 /// Every device's tail, the rows not yet written, and the deletes owed to SQLite.
 pub(super) struct Tails {
@@ -36,7 +42,8 @@ pub(super) struct Unwritten {
     pub refused: Vec<(i64, Refused)>,
 }
 
-/// One device's newest queued rows, in time order (as SQLite serves them).
+/// One device's newest queued rows, in the order they came (ids increase); a batch goes in time
+/// order, as SQLite serves it.
 struct Tail {
     rows: VecDeque<Row>,
     /// `Some(id)`: rows with a smaller id may be queued in SQLite and not here (`i64::MAX`:
@@ -132,26 +139,19 @@ impl Tails {
 
     /// Rows just committed to SQLite (ids increase with every append).
     fn push(&mut self, device: &str, row: Row) {
-        let tail = match self.devices.get_mut(device) {
-            Some(tail) => tail,
-            None => self.devices.entry(device.to_string()).or_default(),
-        };
+        if !self.devices.contains_key(device) {
+            self.devices.insert(device.to_string(), Tail::default());
+        }
+        let cap = (TAIL_BUDGET / self.devices.len()).clamp(TAIL_ROWS, TAIL_ROWS_MAX);
+        let tail = self.devices.get_mut(device).expect("just made");
         if tail.rows.is_empty() && tail.below == Some(i64::MAX) {
             // What SQLite may hold of this device is older than this row.
             tail.below = Some(row.id);
         }
-        let key = (row.location.timestamp, row.id);
-        if tail.rows.back().is_none_or(|last| (last.location.timestamp, last.id) <= key) {
-            tail.rows.push_back(row);
-        } else {
-            let at = tail.rows.partition_point(|r| (r.location.timestamp, r.id) <= key);
-            tail.rows.insert(at, row);
-        }
-        if tail.rows.len() > TAIL_ROWS {
-            // The bound is by id: the row that leaves is the one stored first.
-            let first = (0..tail.rows.len()).min_by_key(|i| tail.rows[*i].id).expect("not empty");
-            tail.rows.remove(first);
-            tail.below = tail.rows.iter().map(|r| r.id).min();
+        tail.rows.push_back(row);
+        if tail.rows.len() > cap {
+            tail.rows.pop_front();
+            tail.below = tail.rows.front().map(|r| r.id);
         }
     }
 
@@ -271,13 +271,17 @@ impl Tails {
 
 impl Tail {
     fn newest(&self) -> Option<&Row> {
-        self.rows.back()
+        self.rows.iter().max_by_key(|r| (r.location.timestamp, r.id))
     }
 
     fn take(&self, pending: u64, want: &BatchRequest) -> Vec<Row> {
         match pick(pending, self.newest().map(|r| r.location.timestamp), want) {
             Pick::Newest => self.newest().cloned().into_iter().collect(),
-            Pick::Oldest => self.rows.iter().take(want.max).cloned().collect(),
+            Pick::Oldest => {
+                let mut batch: Vec<Row> = self.rows.iter().take(want.max).cloned().collect();
+                batch.sort_by_key(|r| (r.location.timestamp, r.id));
+                batch
+            }
             Pick::Nothing => Vec::new(),
         }
     }
@@ -315,12 +319,21 @@ mod tests {
     fn past_the_bound_the_oldest_rows_are_in_sqlite_only() {
         let mut tails = Tails::new(0);
         tails.close_gap("a");
-        for id in 0..(TAIL_ROWS as i64 + 5) {
+        for id in 0..(TAIL_ROWS_MAX as i64 + 5) {
             tails.push("a", row(id, id as u64));
         }
         assert_eq!(tails.bound("a"), Some(5));
-        assert_eq!(tails.held("a").0, TAIL_ROWS as u64);
-        assert_eq!(tails.held("a").1.map(|r| r.id), Some(TAIL_ROWS as i64 + 4));
+        assert_eq!(tails.held("a").0, TAIL_ROWS_MAX as u64);
+        assert_eq!(tails.held("a").1.map(|r| r.id), Some(TAIL_ROWS_MAX as i64 + 4));
+        // Shared out: with a thousand devices, each keeps the least.
+        let mut many = Tails::new(0);
+        for d in 0..1000 {
+            many.close_gap(&format!("d{d}"));
+        }
+        for id in 0..100 {
+            many.push("d0", row(id, id as u64));
+        }
+        assert_eq!(many.held("d0").0, TAIL_ROWS as u64);
     }
 
     #[test]
