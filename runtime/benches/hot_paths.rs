@@ -168,6 +168,25 @@ fn main() {
     );
 
     fleet_view();
+    per_device();
+}
+
+/// What each device costs in memory while nothing happens: its worker's task (a future that
+/// holds a whole post in its state) and its watch in the fleet view.
+fn per_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = std::sync::Arc::new(Spool::open(&dir.path().join("d.sqlite"), DiskLimits::default()).unwrap());
+    let watch = std::sync::Arc::new(PlantWatch::new("p", true));
+    let links = edge::sink::PlantLinks::new(spool, watch);
+    let poster = edge::sink::Poster::DryRun(edge::sink::DryRun::new("p", "tug-0001", "tug-0001"));
+    let pacing = edge::sink::Pacing { batching: BatchingConfig::default(), replay_per_second: 1000 };
+    let (_handle, worker) = edge::sink::DeviceWorker::new("p", "tug-0001", poster, pacing, links);
+    let task = worker.run();
+    println!(
+        "{:<58} {:>12} bytes",
+        "device worker: its task (dry run), before the HTTP client",
+        std::mem::size_of_val(&task)
+    );
 }
 
 /// Where an ATI translation's time goes: the call across the boundary without parsing (a

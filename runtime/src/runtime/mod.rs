@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use watch::FileWatcher;
 
 /// Changes to one file often come as several events; wait this long for the rest.
-const DEBOUNCE: Duration = Duration::from_millis(300);
+const DEBOUNCE: Duration = Duration::from_millis(150);
 /// Shutdown: sources finish and acknowledge the messages in flight within this...
 const SOURCES_GRACE: Duration = Duration::from_secs(5);
 /// ...and the whole shutdown, plants delivering what they hold included, within this.

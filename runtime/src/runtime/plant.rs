@@ -11,7 +11,7 @@ use crate::fleet::PlantWatch;
 use crate::model::{Position, now_ms};
 use crate::pipeline::{Outcome, PlantPipeline, Transform};
 use crate::sink::twinzo::{TwinzoApi, TwinzoDevice};
-use crate::sink::{Backlog, DeviceHandle, DeviceWorker, DryRun, Pacing, Poster};
+use crate::sink::{Backlog, DeviceHandle, DeviceWorker, DryRun, Pacing, PlantLinks, Poster};
 use crate::source::Ack;
 use crate::spool::{DiskLimits, Refused, Spool, SpoolLimits};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -124,9 +124,9 @@ impl PlantRuntime {
         );
         let watch = Arc::new(PlantWatch::new(&settings.plant.name, settings.plant.dry_run));
         watch.set_devices(settings.plant.devices.iter().map(|(robot, d)| (robot, d.sector)));
-        let backlog = Arc::new(Backlog::default());
-        let settled = Arc::new(tokio::sync::Notify::new());
-        let sink = PlantSink::new(&settings, spool.clone(), watch.clone(), backlog.clone(), settled.clone())
+        let links = PlantLinks::new(spool.clone(), watch.clone());
+        let (backlog, settled) = (links.backlog.clone(), links.settled.clone());
+        let sink = PlantSink::new(&settings, links)
             .map_err(|e| PlantDown::Twinzo { plant: settings.plant.name.clone(), reason: format!("{e:#}") })?;
         let (tx, rx) = mpsc::channel(1024);
         let state = PlantState {
@@ -593,12 +593,10 @@ struct PlantSink {
     plant: String,
     settings: SinkSettings,
     api: Option<Arc<TwinzoApi>>,
-    spool: Arc<Spool>,
     devices: HashMap<String, (DeviceConfig, DeviceHandle)>,
     workers: JoinSet<()>,
     watch: Arc<PlantWatch>,
-    backlog: Arc<Backlog>,
-    settled: Arc<tokio::sync::Notify>,
+    links: PlantLinks,
 }
 
 /// What, when changed, means every device worker must be replaced.
@@ -609,29 +607,21 @@ struct SinkSettings {
 }
 
 impl PlantSink {
-    fn new(
-        settings: &PlantSettings,
-        spool: Arc<Spool>,
-        watch: Arc<PlantWatch>,
-        backlog: Arc<Backlog>,
-        settled: Arc<tokio::sync::Notify>,
-    ) -> anyhow::Result<Self> {
+    fn new(settings: &PlantSettings, links: PlantLinks) -> anyhow::Result<Self> {
         let plant = &settings.plant;
         let api = plant.twinzo.as_ref().map(TwinzoApi::new).transpose()?.map(Arc::new);
         if plant.dry_run {
-            watch.reach.set(true);
+            links.watch.reach.set(true);
         }
         let sink_settings = SinkSettings { twinzo: plant.twinzo.clone(), pacing: settings.pacing.clone() };
         let mut sink = PlantSink {
             plant: plant.name.clone(),
             settings: sink_settings,
             api,
-            spool,
             devices: HashMap::new(),
             workers: JoinSet::new(),
-            watch,
-            backlog,
-            settled,
+            watch: links.watch.clone(),
+            links,
         };
         for (robot, device) in &plant.devices {
             sink.spawn(robot, device);
@@ -652,16 +642,8 @@ impl PlantSink {
             )),
             _ => Poster::DryRun(DryRun::new(&self.plant, robot, &login)),
         };
-        let (handle, worker) = DeviceWorker::new(
-            &self.plant,
-            robot,
-            self.spool.clone(),
-            poster,
-            self.settings.pacing.clone(),
-            self.watch.clone(),
-            self.backlog.clone(),
-            self.settled.clone(),
-        );
+        let (handle, worker) =
+            DeviceWorker::new(&self.plant, robot, poster, self.settings.pacing.clone(), self.links.clone());
         self.workers.spawn(worker.run());
         self.devices.insert(robot.to_string(), (device.clone(), handle));
     }

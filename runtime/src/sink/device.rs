@@ -59,6 +59,13 @@ impl Poster {
             Poster::DryRun(dry) => dry.post(batch),
         }
     }
+
+    /// Twinzo answers again: forget any sign-in backoff.
+    fn retry_now(&mut self) {
+        if let Poster::Twinzo(device) = self {
+            device.retry_now();
+        }
+    }
 }
 
 /// What a worker needs to know about pacing.
@@ -87,6 +94,26 @@ impl Drop for DeviceHandle {
     }
 }
 
+/// What a plant's device workers share.
+#[derive(Clone)]
+pub struct PlantLinks {
+    pub spool: Arc<Spool>,
+    /// Where workers report how posting goes (Twinzo reachable, last result per device).
+    pub watch: Arc<PlantWatch>,
+    pub backlog: Arc<Backlog>,
+    /// Told when positions are delivered (their messages may be acknowledged).
+    pub settled: Arc<Notify>,
+    /// Told when a device that could not post posts again: Twinzo is back, and the others
+    /// waiting out a backoff try at once.
+    pub answering: Arc<Notify>,
+}
+
+impl PlantLinks {
+    pub fn new(spool: Arc<Spool>, watch: Arc<PlantWatch>) -> Self {
+        PlantLinks { spool, watch, backlog: Arc::default(), settled: Arc::default(), answering: Arc::default() }
+    }
+}
+
 pub struct DeviceWorker {
     plant: String,
     robot: String,
@@ -94,7 +121,7 @@ pub struct DeviceWorker {
     meters: Meters,
     /// When the last post started (`batching.flush_interval_ms` apart at the least).
     last_post: Option<tokio::time::Instant>,
-    spool: Arc<Spool>,
+    links: PlantLinks,
     wake: Arc<Notify>,
     stop: watch::Receiver<bool>,
     poster: Poster,
@@ -102,11 +129,6 @@ pub struct DeviceWorker {
     retry: Backoff,
     /// Posts failing, as one episode: a warning, a reminder every 10 minutes, a recovery line.
     failing: Episode,
-    /// Where the worker reports how posting goes (Twinzo reachable, last result per device).
-    watch: Arc<PlantWatch>,
-    backlog: Arc<Backlog>,
-    /// Told when positions are delivered (their messages may be acknowledged).
-    settled: Arc<Notify>,
     /// The newest timestamp posted (delivered or dead-lettered): a newer one jumps the queue.
     posted_up_to: Option<u64>,
     /// Spool errors, as one episode: a line at the first, one a minute, one when it works again.
@@ -133,6 +155,8 @@ impl Meters {
 enum Next {
     Idle,
     After(Duration),
+    /// Backing off after a failure: until then, or until another device posts again.
+    Backoff(Duration),
 }
 
 /// How the rows of one batch fared.
@@ -147,12 +171,9 @@ impl DeviceWorker {
     pub fn new(
         plant: &str,
         robot: &str,
-        spool: Arc<Spool>,
         poster: Poster,
         pacing: Pacing,
-        watch: Arc<PlantWatch>,
-        backlog: Arc<Backlog>,
-        settled: Arc<Notify>,
+        links: PlantLinks,
     ) -> (DeviceHandle, DeviceWorker) {
         let (wake, (stop_tx, stop)) = (Arc::new(Notify::new()), watch::channel(false));
         let worker = DeviceWorker {
@@ -160,16 +181,13 @@ impl DeviceWorker {
             robot: robot.into(),
             meters: Meters::new(plant, robot),
             last_post: None,
-            spool,
+            links,
             wake: wake.clone(),
             stop,
             poster,
             pacing,
             retry: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
             failing: Episode::new(STILL_FAILING_EVERY, Duration::MAX),
-            watch,
-            backlog,
-            settled,
             posted_up_to: None,
             spool_trouble: Episode::new(Duration::from_secs(60), Duration::MAX),
         };
@@ -191,6 +209,15 @@ impl DeviceWorker {
                     self.until_next_post_may_start()
                 }
                 Next::After(wait) => wait.max(self.until_next_post_may_start()),
+                Next::Backoff(wait) => {
+                    let answering = self.links.answering.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = answering.notified() => self.poster.retry_now(),
+                        _ = self.stop.wait_for(|s| *s) => break,
+                    }
+                    Duration::ZERO
+                }
             };
             // Not even a zero sleep otherwise: the timer wheel would make it a millisecond.
             if !wait.is_zero() {
@@ -231,10 +258,10 @@ impl DeviceWorker {
     }
 
     async fn try_post(&mut self) -> Result<Next, SpoolError> {
-        let holding = self.backlog.taking();
+        let holding = self.links.backlog.taking();
         let want =
             BatchRequest { max: self.pacing.batching.max_batch, posted_up_to: self.posted_up_to, history: !holding };
-        let batch = match self.spool.next_batch_from_memory(&self.robot, want) {
+        let batch = match self.links.spool.next_batch_from_memory(&self.robot, want) {
             Some(batch) => batch,
             None => {
                 let robot = self.robot.clone();
@@ -255,13 +282,17 @@ impl DeviceWorker {
         let sent = batch.rows.len() as u64;
         self.last_post = Some(tokio::time::Instant::now());
         if let Delivery::Retry(after) = self.deliver(batch.rows).await? {
-            let wait = after.map_or_else(|| self.retry.next_delay(), |a| a.min(MAX_RETRY_AFTER));
-            return Ok(Next::After(wait));
+            // Told how long to wait (Retry-After): that long. Else back off, or less if
+            // another device finds Twinzo answering again.
+            return Ok(match after {
+                Some(after) => Next::After(after.min(MAX_RETRY_AFTER)),
+                None => Next::Backoff(self.retry.next_delay()),
+            });
         }
         let left = batch.pending.saturating_sub(sent);
         Ok(match left {
             0 => Next::Idle,
-            _ if self.backlog.taking() => Next::After(BACKLOG_CADENCE),
+            _ if self.links.backlog.taking() => Next::After(BACKLOG_CADENCE),
             // Catching up: bounded replay rate.
             _ if batch.pending > self.pacing.batching.max_batch as u64 => {
                 Next::After(Duration::from_secs_f64(sent as f64 / self.pacing.replay_per_second.max(1) as f64))
@@ -284,16 +315,16 @@ impl DeviceWorker {
             match result {
                 PostResult::Accepted => {
                     self.delivered(batch.len());
-                    self.spool.remove(&self.robot, &ids);
-                    self.settled.notify_one();
+                    self.links.spool.remove(&self.robot, &ids);
+                    self.links.settled.notify_one();
                 }
                 PostResult::Partial { rejected, reason, detail } => {
                     let refused: Vec<i64> = rejected.iter().filter_map(|i| ids.get(*i).copied()).collect();
                     let kept: Vec<i64> = ids.iter().copied().filter(|id| !refused.contains(id)).collect();
                     tracing::warn!(plant = %self.plant, robot = %self.robot, rejected = refused.len(), "Twinzo refused some locations (dead-lettered): {detail}");
                     self.delivered(batch.len() - rejected.len());
-                    self.spool.remove(&self.robot, &kept);
-                    self.settled.notify_one();
+                    self.links.spool.remove(&self.robot, &kept);
+                    self.links.settled.notify_one();
                     self.dead_letter(refused, reason, &detail).await?;
                 }
                 PostResult::Refused { reason, .. } if part.len() > 1 => {
@@ -322,7 +353,7 @@ impl DeviceWorker {
         &self,
         f: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
     ) -> Result<T, SpoolError> {
-        let spool = self.spool.clone();
+        let spool = self.links.spool.clone();
         tokio::task::spawn_blocking(move || f(&spool)).await.expect("spool calls do not panic")
     }
 
@@ -335,13 +366,14 @@ impl DeviceWorker {
     }
 
     fn delivered(&mut self, n: usize) {
-        self.watch.reach.set(true);
-        self.watch.posted(&self.robot, n as u64);
+        self.links.watch.reach.set(true);
+        self.links.watch.posted(&self.robot, n as u64);
         self.meters.posted.increment(n as u64);
         crate::stats::STATS.posted.fetch_add(n as u64, Relaxed);
         self.retry.reset();
         if let Some(News::Ended { count, lasted }) = self.failing.end() {
             tracing::info!(plant = %self.plant, robot = %self.robot, failures = count, after = ?lasted, "posting to Twinzo works again");
+            self.links.answering.notify_waiters();
         }
     }
 
@@ -349,8 +381,8 @@ impl DeviceWorker {
     // gives one line per device, not one per retry.
     fn failed(&mut self, reason: &'static str, detail: &str, permanent: bool) {
         // A refusal is an answer: Twinzo is reachable. Everything else counts as unreachable.
-        self.watch.reach.set(permanent);
-        self.watch.post_failed(&self.robot, reason, detail);
+        self.links.watch.reach.set(permanent);
+        self.links.watch.post_failed(&self.robot, reason, detail);
         crate::stats::STATS.post_failures.fetch_add(1, Relaxed);
         metrics::counter!("edge_post_failures_total", "plant" => self.plant.clone(), "device" => self.robot.clone(), "reason" => reason).increment(1);
         let (robot, plant) = (&self.robot, &self.plant);

@@ -5,7 +5,7 @@ mod device;
 mod dry_run;
 pub mod twinzo;
 
-pub use device::{DeviceHandle, DeviceWorker, Pacing, PostResult, Poster};
+pub use device::{DeviceHandle, DeviceWorker, Pacing, PlantLinks, PostResult, Poster};
 pub use dry_run::DryRun;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,6 +6,8 @@ use crate::model::TwinzoLocation;
 use serde::Deserialize;
 use std::time::{Duration, SystemTime};
 
+/// Idle connections kept open to Twinzo, per plant.
+const IDLE_CONNECTIONS: usize = 32;
 /// A response body larger than this is not read (Twinzo's answers are a few KB).
 const MAX_BODY_BYTES: usize = 1 << 20;
 /// What an error body may show in logs and dead letters, after redaction.
@@ -14,6 +16,9 @@ const SNIPPET_BYTES: usize = 200;
 /// One device's session.
 #[derive(Debug, Clone)]
 pub struct Token {
+    /// `Client`, `Branch` and `Token` as headers, validated once per token (the token marked
+    /// sensitive); `None` when one is not a valid header value (then sent as given, and refused).
+    pub headers: Option<reqwest::header::HeaderMap>,
     pub token: Secret,
     /// Tenant GUID (`Client` header).
     pub client: String,
@@ -115,6 +120,10 @@ struct AuthResponse {
 pub struct TwinzoApi {
     http: reqwest::Client,
     base: String,
+    /// `POST /localization`, parsed once: it is called for every batch of every device.
+    localization: reqwest::Url,
+    /// The `Api-Key` header, validated once (marked sensitive: never in debug output).
+    api_key_header: reqwest::header::HeaderValue,
     tenant: String,
     api_key: Secret,
 }
@@ -122,13 +131,24 @@ pub struct TwinzoApi {
 impl TwinzoApi {
     pub fn new(config: &TwinzoConfig) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
+            // Every device's worker posts through this client; without a cap, a start-up with
+            // thousands of devices signing in at once leaves as many idle connections behind.
+            .pool_max_idle_per_host(IDLE_CONNECTIONS)
             .timeout(Duration::from_millis(config.timeout_ms))
             .connect_timeout(Duration::from_millis(config.timeout_ms.min(5000)))
             .user_agent(concat!("edge/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let base = config.base_url.trim_end_matches('/').to_string();
+        let localization = reqwest::Url::parse(&format!("{base}/localization"))
+            .map_err(|e| anyhow::anyhow!("twinzo.base_url: not a URL: {e}"))?;
+        let mut api_key_header = reqwest::header::HeaderValue::from_str(config.api_key.expose())
+            .map_err(|_| anyhow::anyhow!("twinzo.api_key: not valid in an HTTP header"))?;
+        api_key_header.set_sensitive(true);
         Ok(TwinzoApi {
             http,
-            base: config.base_url.trim_end_matches('/').to_string(),
+            base,
+            localization,
+            api_key_header,
             tenant: config.client.clone(),
             api_key: config.api_key.clone(),
         })
@@ -142,7 +162,9 @@ impl TwinzoApi {
         if auth.token.is_empty() {
             return Err(ApiError::BadResponse("authentication answered without a token".into()));
         }
+        let headers = device_headers(&auth.client, &auth.branch, &auth.token);
         Ok(Token {
+            headers,
             token: Secret::new(auth.token),
             client: auth.client,
             branch: auth.branch,
@@ -153,8 +175,7 @@ impl TwinzoApi {
 
     /// `POST /localization` with one device's locations, as a JSON array.
     pub async fn post_locations(&self, token: &Token, batch: &[TwinzoLocation]) -> Result<PostResponse, ApiError> {
-        let request =
-            self.with_device_headers(self.http.post(format!("{}/localization", self.base)), token).json(batch);
+        let request = self.with_device_headers(self.http.post(self.localization.clone()), token).json(batch);
         self.read_json(request.send().await, &[token.token.expose()]).await
     }
 
@@ -165,11 +186,15 @@ impl TwinzoApi {
     }
 
     fn with_device_headers(&self, request: reqwest::RequestBuilder, token: &Token) -> reqwest::RequestBuilder {
-        request
-            .header("Client", &token.client)
-            .header("Branch", &token.branch)
-            .header("Token", token.token.expose())
-            .header("Api-Key", self.api_key.expose())
+        use reqwest::header::HeaderName;
+        match &token.headers {
+            Some(headers) => request.headers(headers.clone()),
+            None => request
+                .header("Client", &token.client)
+                .header("Branch", &token.branch)
+                .header("Token", token.token.expose()),
+        }
+        .header(HeaderName::from_static("api-key"), self.api_key_header.clone())
     }
 
     async fn read_json<T: serde::de::DeserializeOwned>(
@@ -202,6 +227,18 @@ impl TwinzoApi {
         }
         crate::text::sanitize(&text, SNIPPET_BYTES)
     }
+}
+
+/// A device's headers as Twinzo names them (`Client`, `Branch`, `Token`).
+fn device_headers(client: &str, branch: &str, token: &str) -> Option<reqwest::header::HeaderMap> {
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+    let mut headers = HeaderMap::with_capacity(4);
+    headers.insert(HeaderName::from_static("client"), HeaderValue::from_str(client).ok()?);
+    headers.insert(HeaderName::from_static("branch"), HeaderValue::from_str(branch).ok()?);
+    let mut token = HeaderValue::from_str(token).ok()?;
+    token.set_sensitive(true);
+    headers.insert(HeaderName::from_static("token"), token);
+    Some(headers)
 }
 
 /// The body, up to [`MAX_BODY_BYTES`]: a larger one is an error, never read whole.

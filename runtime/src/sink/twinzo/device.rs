@@ -56,6 +56,13 @@ impl TwinzoDevice {
         PostResult::Retry { reason: "http-401", detail: "a fresh token was refused too".into(), after: None }
     }
 
+    /// Twinzo answers again (another device posted): sign in at the next post, not after the
+    /// backoff that the outage built up.
+    pub fn retry_now(&mut self) {
+        self.auth_not_before = None;
+        self.auth_backoff.reset();
+    }
+
     /// A valid token, signing in when there is none or it is about to expire.
     async fn token(&mut self) -> Result<Token, PostResult> {
         let fresh = |t: &&Token| {
