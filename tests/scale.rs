@@ -246,7 +246,7 @@ fn live_over(name: &'static str, robots: usize, rate: &str, seconds: f64, setup:
     let (unique, duplicates) = bench.delivered();
     assert_eq!(published.per_robot.values().sum::<u64>(), published.acknowledged, "the broker acknowledged everything");
     bench.save(json!({
-        "robots": robots, "rate": rate, "seconds": seconds, "protocol": protocol,
+        "robots": robots, "rate": rate, "seconds": seconds, "protocol": protocol, "broker": setup.broker.trim(),
         "published": published.acknowledged, "delivered": unique, "duplicates": duplicates,
         "lost": published.acknowledged.saturating_sub(unique),
         "delivered_per_s": unique as f64 / wall,

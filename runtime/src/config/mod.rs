@@ -805,3 +805,39 @@ pub(crate) fn join_key(parent: &str, key: &str) -> String {
         (_, false) => format!("{parent}[{key:?}]"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mqtt(yaml: &str) -> MqttConfig {
+        let text = format!(
+            "sources:\n  - {{ name: s, mqtt: {yaml}, plugin: {{ path: p.wasm }}, plant: p, transform: {{ affine: [1, 0, 0, 1, 0, 0] }} }}\nplants:\n  - {{ name: p, dry_run: true }}\n"
+        );
+        let loaded = parse(&text, Path::new("/x"), &|_| None).unwrap_or_else(|e| panic!("{e:?}"));
+        loaded.config.sources[0].mqtt.clone()
+    }
+
+    #[test]
+    fn a_share_group_shares_every_filter_and_keeps_client_ids_apart() {
+        let plain = mqtt("{}");
+        assert_eq!(plain.subscriptions(&["a/+/b".into()]), vec!["a/+/b"]);
+        assert_eq!(plain.client_id_for("s"), "edge-s");
+        let shared = mqtt("{ share_group: plant-1, topics: [\"x/#\", \"y\"] }");
+        assert_eq!(shared.subscriptions(&["ignored".into()]), vec!["$share/plant-1/x/#", "$share/plant-1/y"]);
+        assert!(shared.client_id_for("s").starts_with("edge-s-"), "{}", shared.client_id_for("s"));
+        assert_eq!(mqtt("{ share_group: g, client_id: mine }").client_id_for("s"), "mine");
+        assert_eq!((plain.unacknowledged_limit(), mqtt("{ protocol: \"5\" }").unacknowledged_limit()), (20, 1024));
+    }
+
+    #[test]
+    fn a_share_group_name_and_filters_are_checked() {
+        let text = "sources:\n  - { name: s, mqtt: { share_group: \"a/b\", topics: [\"$share/g/x\"] }, plugin: { path: p.wasm }, plant: p, transform: { affine: [1, 0, 0, 1, 0, 0] } }\nplants:\n  - { name: p, dry_run: true }\n";
+        let errors = parse(text, Path::new("/x"), &|_| None).unwrap_err();
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            paths.contains(&"sources[0].mqtt.share_group") && paths.contains(&"sources[0].mqtt.topics[0]"),
+            "{errors:?}"
+        );
+    }
+}
