@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::mosquitto::{Mosquitto, free_port};
@@ -65,18 +64,6 @@ fn publish(publisher: &mut Publisher, from: u64, to: u64) {
     }
 }
 
-/// How often each (robot, timestamp) arrived.
-fn arrivals(twinzo: &TwinzoStandIn) -> BTreeMap<(String, u64), usize> {
-    let mut seen = BTreeMap::new();
-    twinzo.with_recorded(|r| {
-        for (login, stamps) in &r.stamps {
-            for t in stamps {
-                *seen.entry((login.clone(), *t)).or_default() += 1;
-            }
-        }
-    });
-    seen
-}
 
 #[test]
 fn two_instances_in_a_share_group_split_a_feed_and_lose_nothing_when_one_is_killed() {
@@ -103,7 +90,7 @@ fn two_instances_in_a_share_group_split_a_feed_and_lose_nothing_when_one_is_kill
         r.stamps.values().map(Vec::len).sum::<usize>() >= sent
     });
     std::thread::sleep(Duration::from_millis(500));
-    let seen = arrivals(&twinzo);
+    let seen = twinzo.arrivals();
     assert_eq!((seen.len(), seen.values().filter(|n| **n > 1).count()), (sent, 0), "each once");
     eventually("the fleet views counted", Duration::from_secs(5), || taken(http_a).0 + taken(http_b).0 >= sent as u64);
     let (by_a, by_b) = (taken(http_a).0, taken(http_b).0);
@@ -132,7 +119,7 @@ fn two_instances_in_a_share_group_split_a_feed_and_lose_nothing_when_one_is_kill
         unique.dedup();
         unique.len() >= sent
     });
-    let seen = arrivals(&twinzo);
+    let seen = twinzo.arrivals();
     assert_eq!(seen.len(), sent, "none lost");
     // At least once: what the killed instance had written but not yet acknowledged comes again.
     let twice = seen.values().filter(|n| **n > 1).count();

@@ -7,7 +7,7 @@
 mod support;
 
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,7 +70,7 @@ fn soak() {
     let sent = sent.lock().unwrap().clone();
     let deadline = Instant::now() + Duration::from_secs(600);
     let delivered = loop {
-        let delivered = delivered(&twinzo);
+        let delivered = twinzo.arrivals();
         if sent.iter().all(|k| delivered.contains_key(k)) || Instant::now() > deadline {
             break delivered;
         }
@@ -177,14 +177,3 @@ fn sample(pid: u32, spool: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinH
     })
 }
 
-fn delivered(twinzo: &TwinzoStandIn) -> BTreeMap<(String, u64), usize> {
-    let mut seen = BTreeMap::new();
-    twinzo.with_recorded(|r| {
-        for (login, stamps) in &r.stamps {
-            for t in stamps {
-                *seen.entry((login.clone(), *t)).or_default() += 1;
-            }
-        }
-    });
-    seen
-}

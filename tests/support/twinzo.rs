@@ -167,6 +167,19 @@ impl TwinzoStandIn {
         self.with_recorded(|r| r.locations.get(login).cloned().unwrap_or_default())
     }
 
+    /// How often each (login, timestamp) arrived, from the timestamps kept in any mode.
+    pub fn arrivals(&self) -> std::collections::BTreeMap<(String, u64), usize> {
+        let mut seen = std::collections::BTreeMap::new();
+        self.with_recorded(|r| {
+            for (login, stamps) in &r.stamps {
+                for t in stamps {
+                    *seen.entry((login.clone(), *t)).or_default() += 1;
+                }
+            }
+        });
+        seen
+    }
+
     pub fn total_locations(&self) -> usize {
         self.with_recorded(|r| r.locations.values().map(Vec::len).sum())
     }
