@@ -14,21 +14,27 @@ use support::mqtt::Publisher;
 use support::process::{EdgeProcess, eventually, http_get};
 use support::webhook::WebhookReceiver;
 
-/// The simulator's three tuggers in a dry-run plant, on an embedded broker; `extra` is
-/// appended at the top level (alerts, health).
+/// The simulator's three tuggers in a dry-run plant, on an embedded broker, the plugin named from
+/// a plugins folder that also holds a file that is not a plugin; `extra` is appended at the top
+/// level (alerts, health).
 fn simulated(dir: &Path, http: u16, with_simulator: bool, extra: &str) -> PathBuf {
     let broker = free_port();
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(support::plugin("simulator"), plugins.join("simulator.wasm")).unwrap();
+    std::fs::write(plugins.join("broken.wasm"), b"\0asm").unwrap();
     let simulator = if with_simulator { "simulator: { rate_hz: 10, formats: [edge-sim] }" } else { "" };
     let yaml = format!(
         r#"
 state_dir: {state}
+plugins_dir: {plugins}
 http: {{ listen: "127.0.0.1:{http}" }}
 embedded_broker: {{ listen: "127.0.0.1:{broker}" }}
 {simulator}
 sources:
   - name: sim
     mqtt: {{ host: 127.0.0.1, port: {broker}, client_id: edge-sim-test }}
-    plugin: {{ path: {plugin} }}
+    plugin: {{ name: simulator }}
     plant: demo
     transform: {{ affine: [1000, 0, 0, 1000, 0, 0] }}
 plants:
@@ -41,7 +47,7 @@ plants:
 {extra}
 "#,
         state = dir.join("state").display(),
-        plugin = support::plugin("simulator").display(),
+        plugins = plugins.display(),
     );
     let path = dir.join("edge.yaml");
     support::write_private(&path, yaml);
@@ -90,6 +96,18 @@ fn the_live_page_shows_the_fleet_moving_and_a_stopped_feed_turns_stale() {
     assert_eq!(browser.eval(DEVICE_STATES).as_str().unwrap(), r#"["moving","moving","moving"]"#);
     browser.eval("document.querySelector('#devices tr[data-robot=\"demo/tugger-02\"]').click()");
     assert!(browser.eval("document.getElementById('details').textContent").as_str().unwrap().contains("tugger-02"));
+    // The plugins folder: the component the source runs, and the file that is not one.
+    let mut cells = |file: &str| -> Vec<String> {
+        let script = format!(
+            "JSON.stringify([...((document.querySelector('#plugins tr[data-plugin-file$=\"/{file}\"]') || {{}}).cells || [])].map(c => c.textContent))"
+        );
+        serde_json::from_str(browser.eval(&script).as_str().unwrap_or("[]")).unwrap_or_default()
+    };
+    let simulator = cells("simulator.wasm");
+    assert!(simulator.get(1).is_some_and(|c| c.starts_with("simulator ")), "{simulator:?}");
+    assert_eq!(simulator.last().map(String::as_str), Some("sim"), "used by the source: {simulator:?}");
+    let broken = cells("broken.wasm");
+    assert!(broken.get(1).is_some_and(|c| c.contains("not usable")), "{broken:?}");
 
     // SIGHUP (systemctl reload) reads the files again and stops nothing.
     unsafe { libc::kill(edge.pid() as i32, libc::SIGHUP) };

@@ -64,7 +64,6 @@ fn publish(publisher: &mut Publisher, from: u64, to: u64) {
     }
 }
 
-
 #[test]
 fn two_instances_in_a_share_group_split_a_feed_and_lose_nothing_when_one_is_killed() {
     let dir = tempfile::tempdir().unwrap();

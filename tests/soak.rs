@@ -176,4 +176,3 @@ fn sample(pid: u32, spool: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinH
         csv
     })
 }
-
