@@ -300,10 +300,16 @@ fn drained(bench: &Bench, published: &Published, started: Instant) -> Value {
     let newest_at = bench.twinzo.with_recorded(|r| {
         r.stamps.values().map(|s| s.iter().position(|t| Some(t) == s.iter().max()).unwrap_or(0)).max().unwrap_or(0)
     });
+    // From the first position's arrival to the last's: the drain itself, without edge's start.
+    let flowing = bench.twinzo.with_recorded(|r| match (r.first_accepted, r.last_accepted) {
+        (Some(first), Some(last)) => (last - first).as_secs_f64(),
+        _ => seconds,
+    });
     json!({
         "published": published.acknowledged, "delivered": unique, "duplicates": duplicates,
         "lost": published.acknowledged.saturating_sub(unique),
         "drain_seconds": seconds, "drained_per_s": unique as f64 / seconds.max(0.001),
+        "first_to_last_s": flowing, "first_to_last_per_s": unique as f64 / flowing.max(0.001),
         "newest_position_arrived_at_most_as": newest_at + 1,
     })
 }

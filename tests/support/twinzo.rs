@@ -62,6 +62,9 @@ pub struct Recorded {
     /// when [`TwinzoStandIn::measure_latency`] was called: a load whose timestamps are send times).
     pub latencies_us: Vec<i64>,
     pub measure_latency: bool,
+    /// When the first and the latest accepted location arrived.
+    pub first_accepted: Option<std::time::Instant>,
+    pub last_accepted: Option<std::time::Instant>,
     /// Every localization request: (headers, body).
     pub posts: Vec<(HeaderMap, Value)>,
     pub auth_calls: u32,
@@ -326,6 +329,9 @@ async fn localization(State(state): Shared, headers: HeaderMap, body: Bytes) -> 
         s.recorded.latencies_us.extend(stamps.iter().map(|t| now_us - *t as i64 * 1000));
     }
     s.recorded.stamps.entry(device.login.clone()).or_default().extend(stamps);
+    let now = std::time::Instant::now();
+    s.recorded.first_accepted.get_or_insert(now);
+    s.recorded.last_accepted = Some(now);
     if !s.recorded.lean {
         s.recorded.locations.entry(device.login.clone()).or_default().extend(items);
     }
