@@ -62,6 +62,8 @@ pub struct Recorded {
     /// when [`TwinzoStandIn::measure_latency`] was called: a load whose timestamps are send times).
     pub latencies_us: Vec<i64>,
     pub measure_latency: bool,
+    /// Accepted locations, duplicates included (cheap to poll, unlike counting `stamps`).
+    pub accepted: u64,
     /// When the first and the latest accepted location arrived.
     pub first_accepted: Option<std::time::Instant>,
     pub last_accepted: Option<std::time::Instant>,
@@ -328,6 +330,7 @@ async fn localization(State(state): Shared, headers: HeaderMap, body: Bytes) -> 
         let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
         s.recorded.latencies_us.extend(stamps.iter().map(|t| now_us - *t as i64 * 1000));
     }
+    s.recorded.accepted += stamps.len() as u64;
     s.recorded.stamps.entry(device.login.clone()).or_default().extend(stamps);
     let now = std::time::Instant::now();
     s.recorded.first_accepted.get_or_insert(now);

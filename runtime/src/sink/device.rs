@@ -277,7 +277,7 @@ impl DeviceWorker {
         }
         if batch.rows.is_empty() {
             // History held while the plant takes a backlog; nothing newer to show yet.
-            return Ok(Next::After(BACKLOG_CADENCE));
+            return Ok(Next::After(self.backlog_cadence()));
         }
         let sent = batch.rows.len() as u64;
         self.last_post = Some(tokio::time::Instant::now());
@@ -292,7 +292,7 @@ impl DeviceWorker {
         let left = batch.pending.saturating_sub(sent);
         Ok(match left {
             0 => Next::Idle,
-            _ if self.links.backlog.taking() => Next::After(BACKLOG_CADENCE),
+            _ if self.links.backlog.taking() => Next::After(self.backlog_cadence()),
             // Catching up: bounded replay rate.
             _ if batch.pending > self.pacing.batching.max_batch as u64 => {
                 Next::After(Duration::from_secs_f64(sent as f64 / self.pacing.replay_per_second.max(1) as f64))
@@ -300,6 +300,12 @@ impl DeviceWorker {
             // What arrived while this post was in flight goes next.
             _ => Next::After(Duration::ZERO),
         })
+    }
+
+    /// While the plant takes a backlog, the next look: a cadence later, or as soon as the
+    /// backlog ends, when the history held back goes.
+    fn backlog_cadence(&self) -> Duration {
+        self.links.backlog.left().map_or(Duration::ZERO, |left| left.min(BACKLOG_CADENCE))
     }
 
     /// Posts `rows`; a part Twinzo refuses for its content is split in halves until the

@@ -28,8 +28,11 @@ impl Default for Backlog {
 }
 
 impl Backlog {
-    /// A backlog lasts this long past the last sign of one.
-    pub const LINGER: Duration = Duration::from_secs(2);
+    /// A backlog lasts this long past the last sign of one. The signs come with every message
+    /// taken from a backlog (intake held back over half-second windows, a full group) or with
+    /// every write while the devices' vendor time runs fast (over two-second windows), so a
+    /// second without one is the end, not a gap between a broker's bursts.
+    pub const LINGER: Duration = Duration::from_secs(1);
 
     /// Intake just took a message from a backlog.
     pub fn seen(&self) {
@@ -38,7 +41,29 @@ impl Backlog {
     }
 
     pub fn taking(&self) -> bool {
-        self.epoch.elapsed().as_millis() as u64 <= self.until_ms.load(Ordering::Relaxed)
-            && self.until_ms.load(Ordering::Relaxed) > 0
+        self.left().is_some()
+    }
+
+    /// How long the backlog lasts from now unless another sign comes (None: not taking one).
+    pub fn left(&self) -> Option<Duration> {
+        let until = self.until_ms.load(Ordering::Relaxed);
+        let now = self.epoch.elapsed().as_millis() as u64;
+        (until > 0 && now <= until).then(|| Duration::from_millis(until - now + 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_lasts_a_linger_past_its_last_sign() {
+        let backlog = Backlog::default();
+        assert!(!backlog.taking());
+        assert_eq!(backlog.left(), None);
+        backlog.seen();
+        let left = backlog.left().expect("taking one");
+        assert!(left <= Backlog::LINGER + Duration::from_millis(1), "{left:?}");
+        assert!(backlog.taking());
     }
 }
