@@ -305,7 +305,7 @@ impl DeviceWorker {
     /// While the plant takes a backlog, the next look: a cadence later, or as soon as the
     /// backlog ends, when the history held back goes.
     fn backlog_cadence(&self) -> Duration {
-        self.links.backlog.left().map_or(Duration::ZERO, |left| left.min(BACKLOG_CADENCE))
+        self.links.backlog.left().unwrap_or(BACKLOG_CADENCE).min(BACKLOG_CADENCE)
     }
 
     /// Posts `rows`; a part Twinzo refuses for its content is split in halves until the
