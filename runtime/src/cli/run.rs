@@ -6,12 +6,21 @@ use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Threads for disk work and compiling plugins.
+const BLOCKING_THREADS: usize = 16;
+
 pub fn run(config: &Path) -> anyhow::Result<ExitCode> {
     // One worker: the async side (MQTT I/O, plants, device workers, HTTP) is light, and tasks
     // that wake each other on one thread cost no thread switch, the largest cost per message at
     // a plant's rates (docs/performance.md). Plugins, disk and compiling run on threads of their own.
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().thread_name("edge-rt").build()?;
+    // Disk work is serialised per plant by its spool anyway: without a cap, a thousand devices
+    // looking at the spool at start left ~150 threads behind, each kept alive by its turn.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(BLOCKING_THREADS)
+        .enable_all()
+        .thread_name("edge-rt")
+        .build()?;
     runtime.block_on(crate::runtime::run(config))?;
     Ok(ExitCode::SUCCESS)
 }

@@ -37,7 +37,8 @@ pub struct SourceRuntime {
     held: Option<Arc<LoadedPlugin>>,
     inbound: Option<mpsc::Sender<Inbound>>,
     mqtt: Option<(watch::Sender<Option<tokio::time::Instant>>, tokio::task::JoinHandle<()>)>,
-    worker: Option<std::thread::JoinHandle<()>>,
+    /// The plugin thread, and what tells that it ended (its sender drops with the thread).
+    worker: Option<(std::thread::JoinHandle<()>, tokio::sync::oneshot::Receiver<()>)>,
 }
 
 impl SourceRuntime {
@@ -48,9 +49,13 @@ impl SourceRuntime {
         let route: Arc<ArcSwapOption<Route>> = Arc::new(ArcSwapOption::empty());
         let watch = Arc::new(SourceWatch::default());
         let (name, thread_route, thread_watch) = (Arc::<str>::from(config.name.as_str()), route.clone(), watch.clone());
-        let worker = std::thread::Builder::new()
+        let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
             .name(format!("plugin-{}", config.name))
-            .spawn(move || worker(name, rx, thread_route, &thread_watch))
+            .spawn(move || {
+                let _ended = ended_tx;
+                worker(name, rx, thread_route, &thread_watch);
+            })
             .expect("spawning a plugin thread");
         SourceRuntime {
             config,
@@ -60,7 +65,7 @@ impl SourceRuntime {
             held: None,
             inbound: Some(tx),
             mqtt: None,
-            worker: Some(worker),
+            worker: Some((thread, ended)),
         }
     }
 
@@ -125,10 +130,14 @@ impl SourceRuntime {
         drop(self.inbound.take());
         // The route holds a sender of the plant: drop it so the plant can finish too.
         self.route.store(None);
-        if let Some(worker) = self.worker.take() {
-            let join = tokio::task::spawn_blocking(move || worker.join());
-            if tokio::time::timeout_at(deadline, join).await.is_err() {
-                tracing::warn!(source = %self.config.name, "the plugin thread did not finish in time; its messages stay unacknowledged");
+        // Waited for without a blocking thread: those are few, and the plant this thread may
+        // be waiting on needs one to write its spool.
+        if let Some((thread, ended)) = self.worker.take() {
+            match tokio::time::timeout_at(deadline, ended).await {
+                Ok(_) => drop(thread.join()),
+                Err(_) => {
+                    tracing::warn!(source = %self.config.name, "the plugin thread did not finish in time; its messages stay unacknowledged")
+                }
             }
         }
     }

@@ -231,8 +231,8 @@ impl DeviceWorker {
         let _ = tokio::time::timeout(LAST_POST, self.post_once()).await;
     }
 
-    /// With `batching.flush_interval_ms` above 0, posts start that far apart at the least;
-    /// with 0 (the default), a post starts as soon as the one before it ended.
+    /// With `batching.flush_interval_ms` above 0 (50 by default), posts start that far apart
+    /// at the least; with 0, a post starts as soon as the one before it ended.
     fn until_next_post_may_start(&self) -> Duration {
         let interval = Duration::from_millis(self.pacing.batching.flush_interval_ms);
         self.last_post
