@@ -49,6 +49,9 @@ struct Options {
     min_free_mb: Option<u64>,
 }
 
+/// A position in the spool: (robot, timestamp).
+type Spooled = (String, u64);
+
 struct Harness {
     name: &'static str,
     robots: Vec<String>,
@@ -227,7 +230,7 @@ sources:
     }
 
     /// (queued, dead) positions in the spool file, by (robot, timestamp).
-    fn spooled(&self) -> (BTreeSet<(String, u64)>, BTreeMap<(String, u64), String>) {
+    fn spooled(&self) -> (BTreeSet<Spooled>, BTreeMap<Spooled, String>) {
         let path = edge::spool::path_for(&self.dir.path().join("state"), "p");
         let db = rusqlite::Connection::open(path).unwrap();
         let queued = db

@@ -238,9 +238,7 @@ fn edge_sim_publishes_the_configured_fleet_to_the_configured_broker() {
             match event {
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => tx.send(None).unwrap(),
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                    if tx.send(Some((p.topic, p.payload))).is_err() {
-                        break;
-                    }
+                    let Ok(()) = tx.send(Some((p.topic, p.payload))) else { break };
                 }
                 Err(_) => break,
                 _ => {}

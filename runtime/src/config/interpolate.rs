@@ -35,10 +35,10 @@ pub fn interpolate(
 fn typed(original: &str, expanded: String) -> Value {
     let whole = original.starts_with("${") && original.ends_with('}') && original.matches("${").count() == 1;
     if whole {
-        if let Ok(n) = expanded.parse::<i64>() {
-            if n.to_string() == expanded {
-                return Value::from(n);
-            }
+        if let Ok(n) = expanded.parse::<i64>()
+            && n.to_string() == expanded
+        {
+            return Value::from(n);
         }
         if expanded == "true" || expanded == "false" {
             return Value::Bool(expanded == "true");

@@ -265,13 +265,13 @@ fn check_source(config: &Config, source: &SourceConfig, path: &str, err: &mut im
             );
         }
     }
-    if let Some(group) = &mqtt.share_group {
-        if group.is_empty() || group.contains(['/', '+', '#']) {
-            err(
-                format!("{path}.mqtt.share_group"),
-                format!("`{group}` is not a share name (not empty, no `/`, `+` or `#`)"),
-            );
-        }
+    if let Some(group) = &mqtt.share_group
+        && (group.is_empty() || group.contains(['/', '+', '#']))
+    {
+        err(
+            format!("{path}.mqtt.share_group"),
+            format!("`{group}` is not a share name (not empty, no `/`, `+` or `#`)"),
+        );
     }
     if mqtt.host.trim().is_empty() {
         err(format!("{path}.mqtt.host"), "must not be empty".into());
@@ -300,10 +300,10 @@ fn check_source(config: &Config, source: &SourceConfig, path: &str, err: &mut im
     if matches!(source.plugin.location, PluginLocation::Named(_)) && config.plugins_dir.is_none() {
         err(format!("{path}.plugin.name"), "names a plugin, but there is no `plugins_dir` to find it in".into());
     }
-    if let Some(digest) = &source.plugin.sha256 {
-        if digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()) {
-            err(format!("{path}.plugin.sha256"), "expected 64 hex digits".into());
-        }
+    if let Some(digest) = &source.plugin.sha256
+        && (digest.len() != 64 || !digest.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        err(format!("{path}.plugin.sha256"), "expected 64 hex digits".into());
     }
     check_transform(&source.transform, &format!("{path}.transform"), err);
 }
@@ -382,7 +382,9 @@ fn check_plant(plant: &PlantConfig, path: &str, err: &mut impl FnMut(String, Str
     if !(1..=1000).contains(&plant.batching.max_batch) {
         err(format!("{path}.batching.max_batch"), "must be between 1 and 1000".into());
     }
-    if !(plant.motion.threshold_mm > 0.0) || plant.motion.window_ms == 0 {
+    // NaN is refused too: it is not above 0.
+    let threshold_above_0 = plant.motion.threshold_mm.partial_cmp(&0.0) == Some(std::cmp::Ordering::Greater);
+    if !threshold_above_0 || plant.motion.window_ms == 0 {
         err(format!("{path}.motion"), "threshold_mm and window_ms must be above 0".into());
     }
 }

@@ -195,7 +195,7 @@ impl Fleet {
         view.healthy = view.ready && view.conditions.iter().all(|c| c.severity == Severity::Info);
         view.events = judged.events.latest(100);
         judged.ticks += 1;
-        if judged.ticks % METRICS_EVERY == 0 {
+        if judged.ticks.is_multiple_of(METRICS_EVERY) {
             export_utilisation(&view);
         }
         self.view.send_replace(Arc::new(view));

@@ -47,6 +47,9 @@ pub enum PostResult {
     Retry { reason: &'static str, detail: String, after: Option<Duration> },
 }
 
+/// Where a device's posts go. (Nearly every poster is the large variant: boxing it would only add
+/// an allocation per device.)
+#[allow(clippy::large_enum_variant)]
 pub enum Poster {
     Twinzo(TwinzoDevice),
     DryRun(DryRun),
