@@ -151,8 +151,17 @@ impl PluginEngine {
     pub(super) fn new_store(&self, plugin_name: Arc<str>) -> Store<HostState> {
         let mut store = Store::new(&self.inner.engine, HostState::new(plugin_name, &self.inner.limits));
         store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_trap();
+        let call_timeout = self.inner.limits.call_timeout;
+        store.epoch_deadline_callback(move |mut store| {
+            Ok(store.data_mut().cpu_deadline.on_epoch_deadline(call_timeout))
+        });
         store
+    }
+
+    /// Gives the call about to start on `store` its whole deadline.
+    pub(super) fn arm_deadline(&self, store: &mut Store<HostState>) {
+        store.set_epoch_deadline(self.deadline_ticks());
+        store.data_mut().cpu_deadline.reset();
     }
 
     /// Epoch ticks that make up one call's CPU deadline (rounded up, plus the tick in progress).
@@ -243,7 +252,7 @@ impl LoadedPlugin {
         let label: Arc<str> =
             self.path.file_name().map(|n| n.to_string_lossy().into()).unwrap_or_else(|| "plugin".into());
         let mut store = self.engine.new_store(label);
-        store.set_epoch_deadline(self.engine.deadline_ticks());
+        self.engine.arm_deadline(&mut store);
         let start = |e: wasmtime::Error| LoadError::Start { path: self.path.clone(), reason: format!("{e:#}") };
         let described = self.engine.call(async {
             let bindings = self.pre.instantiate_async(&mut store).await?;

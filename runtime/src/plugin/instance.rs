@@ -22,7 +22,7 @@ impl PluginInstance {
     /// Instantiates `plugin` and applies its options.
     pub(super) fn start(plugin: Arc<LoadedPlugin>) -> Result<Self, LoadError> {
         let mut store = plugin.engine.new_store(plugin.info.name.as_str().into());
-        store.set_epoch_deadline(plugin.engine.deadline_ticks());
+        plugin.engine.arm_deadline(&mut store);
         let start = |e: wasmtime::Error| LoadError::Start { path: plugin.path.clone(), reason: format!("{e:#}") };
         let started = plugin.engine.call(async {
             let bindings = plugin.pre.instantiate_async(&mut store).await?;
@@ -46,7 +46,7 @@ impl PluginInstance {
             payload: msg.payload.to_vec(),
             received_at_ms: msg.received_at_ms,
         };
-        self.store.set_epoch_deadline(self.plugin.engine.deadline_ticks());
+        self.plugin.engine.arm_deadline(&mut self.store);
         let translator = self.bindings.edge_plugin_translator();
         let result = self.plugin.engine.call(translator.call_translate(&mut self.store, &wit_msg));
         match result {

@@ -41,6 +41,7 @@ pub struct HostState {
     log: RateLimitedLog,
     /// The plugin's stderr (where a Rust panic message goes), kept to explain traps.
     pub(super) stderr: MemoryOutputPipe,
+    pub(super) cpu_deadline: super::deadline::CpuDeadline,
 }
 
 impl HostState {
@@ -54,6 +55,7 @@ impl HostState {
             limiter: Limiter { memory_bytes: limits.memory_bytes, used: 0, exceeded: None },
             log: RateLimitedLog::new(plugin_name),
             stderr,
+            cpu_deadline: Default::default(),
         }
     }
 
