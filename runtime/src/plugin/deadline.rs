@@ -1,7 +1,7 @@
 //! Every plugin call ends at its deadline: one that computes is interrupted by the epoch
 //! ticker (a trap) once it has also used CPU past it, one that waits in a host call (a WASI
-//! sleep or poll) is cut off by a timer, which drops the call. Calls run on the caller's own thread; one background thread for the
-//! process drives the timers.
+//! sleep or poll) is cut off by a timer, which drops the call. Calls run on the caller's own
+//! thread; one background thread for the process drives the timers.
 
 use std::future::Future;
 use std::sync::LazyLock;

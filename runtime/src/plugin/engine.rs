@@ -164,8 +164,9 @@ impl PluginEngine {
         store.data_mut().cpu_deadline.reset();
     }
 
-    /// Epoch ticks that make up one call's CPU deadline (rounded up, plus the tick in progress).
-    pub(super) fn deadline_ticks(&self) -> u64 {
+    /// Epoch ticks that make up one call's wall-clock deadline (rounded up, plus the tick in
+    /// progress); past it, [`super::deadline::CpuDeadline`] decides.
+    fn deadline_ticks(&self) -> u64 {
         (self.inner.limits.call_timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64) + 1
     }
 
