@@ -239,7 +239,7 @@ fn native_ati(payload: &[u8]) -> Result<Position, TranslateError> {
     let status = json::Obj::root(&map);
     let mode = status.str("mode")?.map(str::to_ascii_lowercase);
     let pose = status.arr("pose")?.ok_or_else(|| malformed("pose: missing"))?;
-    let n = |i: usize| json::coordinate(&pose[i], &format!("pose[{i}]"));
+    let n = |i: usize| json::coordinate(&pose[i], format_args!("pose[{i}]"));
     let (x, y, heading) = (n(0)?, n(1)?, n(2)?);
     let mut attributes = std::collections::BTreeMap::new();
     for key in ["trip_id", "trip_leg_id", "message_id", "error", "disabled_reason"] {

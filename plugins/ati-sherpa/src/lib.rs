@@ -1,13 +1,12 @@
 //! ATI Fleet Manager ("sherpa") status to canonical positions.
 //! Reads both the specification (6-element pose, float battery) and the live feed (3-element pose, -1 battery, local-time `Z` stamps).
 
-use edge_plugin_sdk::json::{Obj, parse_object};
+use edge_plugin_sdk::json::{Obj, Value, coordinate, parse_object};
 use edge_plugin_sdk::time::parse_utc_offset;
 use edge_plugin_sdk::{
     Message, Plugin, PluginInfo, Position, Translation, battery_percent, check_option_names, device_id, malformed,
     position, topic_levels,
 };
-use serde_json::Value;
 use std::cell::Cell;
 
 const TIMESTAMP_OFFSET: &str = "timestamp_offset";
@@ -97,7 +96,7 @@ fn translate_status(
 
 /// `[x, y, heading]` (live feed) or `[x, y, z, roll, pitch, yaw]` (specification).
 fn read_pose(pose: &[Value]) -> Result<(f64, f64, f64, f64), edge_plugin_sdk::TranslateError> {
-    let n = |i: usize| edge_plugin_sdk::json::coordinate(&pose[i], &format!("pose[{i}]"));
+    let n = |i: usize| coordinate(&pose[i], format_args!("pose[{i}]"));
     match pose.len() {
         3 => Ok((n(0)?, n(1)?, 0.0, n(2)?)),
         6 => Ok((n(0)?, n(1)?, n(2)?, n(5)?)),

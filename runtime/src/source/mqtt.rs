@@ -74,6 +74,7 @@ pub async fn run_source(
     let (done_tx, done_rx) = mpsc::unbounded_channel();
     let mut connection = Connection {
         window: usize::from(config.receive_maximum.max(1)),
+        received: metrics::counter!("edge_messages_received_total", "source" => name.to_string()),
         name,
         endpoint,
         client_id,
@@ -116,6 +117,8 @@ struct Parked {
 
 struct Connection {
     name: Arc<str>,
+    /// `edge_messages_received_total` of this source, looked up once.
+    received: metrics::Counter,
     endpoint: String,
     client_id: String,
     config: MqttConfig,
@@ -330,7 +333,7 @@ impl Connection {
     }
 
     fn on_publish(&mut self, topic: String, payload: Bytes, packet: Option<(u16, u8)>) {
-        metrics::counter!("edge_messages_received_total", "source" => self.name.to_string()).increment(1);
+        self.received.increment(1);
         crate::stats::STATS.messages_in.fetch_add(1, Ordering::Relaxed);
         self.status.messages.fetch_add(1, Ordering::Relaxed);
         if topic.len() + payload.len() > self.config.max_packet_bytes {
