@@ -917,6 +917,28 @@ mod tests {
     }
 
     #[test]
+    fn a_position_delivered_before_its_write_owes_the_spool_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(&dir.path().join("s.sqlite"), DiskLimits::default()).unwrap();
+        s.append(&[("a".into(), location(1))]).unwrap();
+        assert_eq!(drain(&s, "a", 10), vec![1]);
+        s.commit().unwrap();
+        assert!(!s.owes_a_write());
+        s.stage(&[("a".into(), location(2)), ("b".into(), location(3))], Vec::new());
+        assert_eq!((s.unwritten(), s.owes_a_write()), (2, true));
+        let want = BatchRequest { max: 10, posted_up_to: Some(1), history: true };
+        let batch = s.next_batch_from_memory("a", want).unwrap();
+        s.remove("a", &[batch.rows[0].id]);
+        // No write for it, and no delete of a row SQLite never had.
+        assert_eq!((s.unwritten(), s.tails().delivered_waiting()), (1, 0));
+        assert_eq!(drain(&s, "b", 10), vec![3]);
+        assert!(!s.owes_a_write(), "both delivered before any write");
+        assert_eq!(s.take_settled().len(), 2);
+        s.commit().unwrap();
+        assert_eq!((s.pending("a").unwrap(), s.pending("b").unwrap()), (0, 0));
+    }
+
+    #[test]
     fn positions_another_process_puts_back_are_found() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite");

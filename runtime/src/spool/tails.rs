@@ -25,8 +25,11 @@ pub(super) struct Tails {
     delivered: Vec<i64>,
     /// Rows given to the spool (already in their device's tail) and not yet written.
     unwritten: Unwritten,
-    /// The ids of `unwritten.rows`.
+    /// The ids of `unwritten.rows` not delivered yet: what the next write must make durable.
     unwritten_ids: HashSet<i64>,
+    /// Rows of `unwritten.rows` delivered before they were written: the next write leaves them
+    /// out, and no delete is owed for them.
+    delivered_unwritten: HashSet<i64>,
     /// Unwritten rows delivered since the plant last looked: their messages need no write.
     settled: Vec<i64>,
     /// The id the next row gets. The spool hands out ids itself, so that a row can be posted
@@ -86,6 +89,7 @@ impl Tails {
             delivered: Vec::new(),
             unwritten: Unwritten::default(),
             unwritten_ids: HashSet::new(),
+            delivered_unwritten: HashSet::new(),
             settled: Vec::new(),
             next_id: last + 1,
         }
@@ -115,7 +119,7 @@ impl Tails {
     }
 
     pub fn unwritten_count(&self) -> usize {
-        self.unwritten.rows.len() + self.unwritten.refused.len()
+        self.unwritten_ids.len() + self.unwritten.refused.len()
     }
 
     /// What the next write takes: the unwritten rows not delivered yet, and the deletes owed
@@ -123,16 +127,17 @@ impl Tails {
     pub fn take_for_write(&mut self) -> (Unwritten, Vec<i64>) {
         let mut unwritten = std::mem::take(&mut self.unwritten);
         self.unwritten_ids.clear();
-        let delivered: HashSet<i64> = self.delivered.drain(..).collect();
-        unwritten.rows.retain(|(_, row)| !delivered.contains(&row.id));
-        (unwritten, delivered.into_iter().collect())
+        let skip = std::mem::take(&mut self.delivered_unwritten);
+        unwritten.rows.retain(|(_, row)| !skip.contains(&row.id));
+        (unwritten, std::mem::take(&mut self.delivered))
     }
 
     /// A write that failed: its rows and deletes wait for the next.
     pub fn restore_write(&mut self, mut unwritten: Unwritten, deletes: Vec<i64>) {
         unwritten.rows.append(&mut self.unwritten.rows);
         unwritten.refused.append(&mut self.unwritten.refused);
-        self.unwritten_ids = unwritten.rows.iter().map(|(_, r)| r.id).collect();
+        let skip = &self.delivered_unwritten;
+        self.unwritten_ids = unwritten.rows.iter().map(|(_, r)| r.id).filter(|id| !skip.contains(id)).collect();
         self.unwritten = unwritten;
         self.delivered.extend(deletes);
     }
@@ -187,11 +192,18 @@ impl Tails {
         self.devices.get(device).map(|t| t.take(pending, want)).unwrap_or_default()
     }
 
-    /// Delivered rows: forgotten now, deleted from SQLite with the next write.
+    /// Delivered rows: forgotten now; deleted from SQLite with the next write, or, not written
+    /// yet, never written.
     pub fn forget(&mut self, device: &str, ids: &[i64]) {
         self.discard(device, ids);
-        self.delivered.extend_from_slice(ids);
-        self.settled.extend(ids.iter().filter(|id| self.unwritten_ids.contains(id)));
+        for &id in ids {
+            if self.unwritten_ids.remove(&id) {
+                self.delivered_unwritten.insert(id);
+                self.settled.push(id);
+            } else {
+                self.delivered.push(id);
+            }
+        }
     }
 
     /// Unwritten rows delivered since the last call.
@@ -253,8 +265,10 @@ impl Tails {
     /// Unwritten rows per device (memory holds them, SQLite does not yet).
     pub fn unwritten_per_device(&self) -> HashMap<&str, u64> {
         let mut counts = HashMap::new();
-        for (device, _) in &self.unwritten.rows {
-            *counts.entry(device.as_str()).or_default() += 1;
+        for (device, row) in &self.unwritten.rows {
+            if self.unwritten_ids.contains(&row.id) {
+                *counts.entry(device.as_str()).or_default() += 1;
+            }
         }
         counts
     }
