@@ -25,11 +25,10 @@ pub(super) struct Tails {
     delivered: Vec<i64>,
     /// Rows given to the spool (already in their device's tail) and not yet written.
     unwritten: Unwritten,
-    /// The ids of `unwritten.rows` not delivered yet: what the next write must make durable.
+    /// The ids of `unwritten.rows` not delivered yet: what the next write must make durable. A
+    /// row delivered before it was written leaves this set and stays in `unwritten.rows` until
+    /// the next write drops it; no delete is owed for it.
     unwritten_ids: HashSet<i64>,
-    /// Rows of `unwritten.rows` delivered before they were written: the next write leaves them
-    /// out, and no delete is owed for them.
-    delivered_unwritten: HashSet<i64>,
     /// Unwritten rows delivered since the plant last looked: their messages need no write.
     settled: Vec<i64>,
     /// The id the next row gets. The spool hands out ids itself, so that a row can be posted
@@ -89,7 +88,6 @@ impl Tails {
             delivered: Vec::new(),
             unwritten: Unwritten::default(),
             unwritten_ids: HashSet::new(),
-            delivered_unwritten: HashSet::new(),
             settled: Vec::new(),
             next_id: last + 1,
         }
@@ -126,18 +124,17 @@ impl Tails {
     /// for rows that were written (a row delivered before it was written is never written).
     pub fn take_for_write(&mut self) -> (Unwritten, Vec<i64>) {
         let mut unwritten = std::mem::take(&mut self.unwritten);
-        self.unwritten_ids.clear();
-        let skip = std::mem::take(&mut self.delivered_unwritten);
-        unwritten.rows.retain(|(_, row)| !skip.contains(&row.id));
+        let owed = std::mem::take(&mut self.unwritten_ids);
+        unwritten.rows.retain(|(_, row)| owed.contains(&row.id));
         (unwritten, std::mem::take(&mut self.delivered))
     }
 
-    /// A write that failed: its rows and deletes wait for the next.
+    /// A write that failed: its rows and deletes wait for the next. Every row it took was owed
+    /// a write; one delivered meanwhile owes a delete as well, as a written row would.
     pub fn restore_write(&mut self, mut unwritten: Unwritten, deletes: Vec<i64>) {
+        self.unwritten_ids.extend(unwritten.rows.iter().map(|(_, r)| r.id));
         unwritten.rows.append(&mut self.unwritten.rows);
         unwritten.refused.append(&mut self.unwritten.refused);
-        let skip = &self.delivered_unwritten;
-        self.unwritten_ids = unwritten.rows.iter().map(|(_, r)| r.id).filter(|id| !skip.contains(id)).collect();
         self.unwritten = unwritten;
         self.delivered.extend(deletes);
     }
@@ -198,7 +195,6 @@ impl Tails {
         self.discard(device, ids);
         for &id in ids {
             if self.unwritten_ids.remove(&id) {
-                self.delivered_unwritten.insert(id);
                 self.settled.push(id);
             } else {
                 self.delivered.push(id);
@@ -372,5 +368,28 @@ mod tests {
         tails.invalidate("a");
         assert_eq!(tails.bound("a"), Some(i64::MAX));
         assert_eq!(tails.held("a").0, 0);
+    }
+
+    #[test]
+    fn a_failed_write_keeps_what_it_owed_and_nothing_delivered_unwritten() {
+        let mut tails = Tails::new(0);
+        let location = || TwinzoLocation::test_at(1, 0.0);
+        let (first, second) = (tails.stage("a", location()), tails.stage("a", location()));
+        tails.forget("a", &[first]);
+        let (taken, deletes) = tails.take_for_write();
+        assert_eq!(taken.rows.iter().map(|(_, r)| r.id).collect::<Vec<_>>(), vec![second]);
+        assert!(deletes.is_empty(), "a row never written owes no delete");
+        // While the write runs: its row is delivered, and a new one is staged and delivered.
+        tails.forget("a", &[second]);
+        let third = tails.stage("a", location());
+        tails.forget("a", &[third]);
+        tails.restore_write(taken, deletes);
+        // The failed write's row is written next time and then deleted, as a written row is.
+        assert_eq!(tails.unwritten_count(), 1);
+        assert!(tails.take_delivered().is_empty(), "its delete waits for its write");
+        let (taken, deletes) = tails.take_for_write();
+        assert_eq!(taken.rows.iter().map(|(_, r)| r.id).collect::<Vec<_>>(), vec![second]);
+        assert_eq!(deletes, vec![second]);
+        assert_eq!(tails.take_settled(), vec![first, third]);
     }
 }
