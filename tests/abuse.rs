@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 use support::mosquitto::{Mosquitto, free_port};
 use support::mqtt::Publisher;
-use support::process::{EdgeProcess, eventually, http_get};
+use support::process::{EdgeProcess, eventually, http_get, wait_subscribed};
 use support::twinzo::{API_KEY, BRANCH_1, Device, TwinzoStandIn};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -54,7 +54,8 @@ fn a_hostile_plugin_does_not_disturb_its_neighbour() {
     let sources = source("hostile", &support::plugin("hostile"), ", topics: [\"hostile/#\"]")
         + &source("amr", &support::plugin("hitech"), "");
     let mut edge = EdgeProcess::start(&config(dir.path(), broker.port, &twinzo.base_url(), http, &sources));
-    eventually("both subscriptions", WAIT, || edge.log_text().matches("subscribed").count() >= 2);
+    let addr = format!("127.0.0.1:{http}");
+    wait_subscribed(&addr, &["hostile", "amr"], WAIT);
 
     let mut publisher = Publisher::connect(broker.port, "abuser");
     let abuse = ["loop", "alloc", "recurse", "panic", "huge:5000", "log:20000", "nan", "not even json"];

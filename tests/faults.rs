@@ -67,6 +67,8 @@ struct Harness {
     edge: Option<EdgeProcess>,
     sent: Arc<Mutex<BTreeSet<(String, u64)>>>,
     started: Instant,
+    /// The sources edge runs, by name.
+    sources: Vec<&'static str>,
 }
 
 impl Harness {
@@ -155,6 +157,14 @@ sources:
             edge: None,
             sent: Arc::default(),
             started: Instant::now(),
+            sources: [
+                Some("amr"),
+                options.hostile_source.then_some("hostile"),
+                options.broken_plant.then_some("q-src"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         };
         harness.start_edge();
         harness
@@ -162,9 +172,9 @@ sources:
 
     fn start_edge(&mut self) {
         let edge = EdgeProcess::start(&self.config);
-        // After a restart the broker still has the session: edge connects without resubscribing.
         edge.wait_for_log("connected to MQTT broker", Duration::from_secs(30));
-        pause(300);
+        // Only needed at the first start: after a restart the broker still has the session.
+        support::process::wait_subscribed(&self.http_addr(), &self.sources, Duration::from_secs(30));
         self.edge = Some(edge);
     }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::mosquitto::{Mosquitto, free_port};
 use support::mqtt::Publisher;
-use support::process::{EdgeProcess, eventually, http_get};
+use support::process::{EdgeProcess, eventually, http_get, wait_subscribed};
 use support::tls::TestCa;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -127,13 +127,24 @@ fn broker_restart_reconnects_and_resubscribes() {
     let http = free_port();
     let mqtt = format!("{{ host: 127.0.0.1, port: {}, protocol: \"5\" }}", broker.port);
     let mut edge = EdgeProcess::start(&config(dir.path(), &mqtt, http));
-    edge.wait_for_log("subscribed", WAIT);
+    let addr = format!("127.0.0.1:{http}");
+    wait_subscribed(&addr, &["amr"], WAIT);
     publish(broker.port, 10, 0);
     eventually("10 positions before the restart", WAIT, || posted(http) == 10);
 
+    broker.stop();
+    eventually("the source shown down, with nothing subscribed", WAIT, || {
+        let (status, body) = http_get(&addr, "/readyz");
+        let ready: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        status == 503
+            && ready["sources"]["amr"]["connected"] == false
+            && ready["sources"]["amr"]["subscribed"] == serde_json::json!([])
+    });
     broker.restart(Duration::from_secs(1));
     eventually("a second connection", WAIT, || edge.log_text().matches("connected to MQTT broker").count() >= 2);
-    eventually("a second subscription", WAIT, || edge.log_text().matches("subscribed").count() >= 2);
+    // The broker restarted without its sessions: what is published before edge has subscribed
+    // again reaches nobody.
+    wait_subscribed(&addr, &["amr"], WAIT);
     publish(broker.port, 10, 10);
     eventually("10 more positions after the restart", WAIT, || posted(http) == 20);
     assert!(edge.log_text().contains("MQTT connection lost or refused"));

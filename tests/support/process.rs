@@ -43,7 +43,6 @@ impl EdgeProcess {
         let deadline = Instant::now() + timeout;
         while !self.log_text().contains(needle) {
             assert!(Instant::now() < deadline, "timed out waiting for log line {needle:?}; log:\n{}", self.log_text());
-            assert!(self.child.as_ref().is_some_and(|_| true));
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -107,6 +106,16 @@ pub fn eventually(what: &str, timeout: Duration, check: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits until `/readyz` at `addr` shows each of `sources` with its subscriptions acknowledged
+/// by the broker on its current connection (all of a source's topics are answered at once):
+/// from then on, what is published reaches it.
+pub fn wait_subscribed(addr: &str, sources: &[&str], timeout: Duration) {
+    eventually(&format!("{sources:?} subscribed"), timeout, || {
+        let ready = get_json(addr, "/readyz");
+        sources.iter().all(|s| ready["sources"][s]["subscribed"].as_array().is_some_and(|t| !t.is_empty()))
+    });
 }
 
 /// User and system CPU time of process `pid`, in clock ticks (`sysconf(_SC_CLK_TCK)` a second).

@@ -23,9 +23,8 @@ pub fn parse_object(payload: &[u8]) -> Result<Map<'_>, TranslateError> {
     if payload.is_empty() {
         return Err(malformed("payload is empty, expected a JSON object"));
     }
-    let text = std::str::from_utf8(payload).map_err(|e| {
-        malformed(format!("payload is not UTF-8 (invalid byte at offset {})", e.valid_up_to()))
-    })?;
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| malformed(format!("payload is not UTF-8 (invalid byte at offset {})", e.valid_up_to())))?;
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(malformed(format!("payload: expected a JSON object, found {}", kind(&other)))),
@@ -256,7 +255,10 @@ mod tests {
         assert_eq!(error(position.req_num("z")), "position.z: missing");
         assert_eq!(error(doc.str("position")), "position: expected a string, found an object");
         let pose = doc.arr("pose").unwrap().unwrap();
-        assert_eq!(error(coordinate(&pose[1], format_args!("pose[{}]", 1))), "pose[1]: expected a number, found a boolean");
+        assert_eq!(
+            error(coordinate(&pose[1], format_args!("pose[{}]", 1))),
+            "pose[1]: expected a number, found a boolean"
+        );
     }
 
     #[test]

@@ -222,8 +222,11 @@ fn readiness_of(parts: &Parts, sources: &[SourceView], plugins: &[PluginFile]) -
     let mut by_source = serde_json::Map::new();
     for view in sources {
         let plugin = view.plugin.as_ref().map(|p| format!("{}@{}", p.name, p.version));
-        ready &=
-            plugin.is_some() && view.connected && view.subscription_error.is_none() && view.plugin_problem.is_none();
+        ready &= plugin.is_some()
+            && view.connected
+            && !view.subscribed.is_empty()
+            && view.subscription_error.is_none()
+            && view.plugin_problem.is_none();
         by_source.insert(
             view.name.clone(),
             json!({
@@ -231,6 +234,7 @@ fn readiness_of(parts: &Parts, sources: &[SourceView], plugins: &[PluginFile]) -
                 "sha256": view.plugin.as_ref().map(|p| p.sha256.clone()),
                 "plugin_problem": view.plugin_problem,
                 "connected": view.connected,
+                "subscribed": view.subscribed,
                 "subscription_error": view.subscription_error,
             }),
         );

@@ -15,7 +15,7 @@ const CALL_TIMES: usize = 512;
 /// Shared by the source's MQTT task, its plugin thread and the fleet view.
 #[derive(Debug, Default)]
 pub struct SourceWatch {
-    pub connected: AtomicBool,
+    connected: AtomicBool,
     /// Messages taken from the broker.
     pub messages: AtomicU64,
     state: Mutex<SourceState>,
@@ -23,7 +23,8 @@ pub struct SourceWatch {
 
 #[derive(Debug, Default)]
 struct SourceState {
-    /// The topics the broker accepted, and the last refusal if it refused one.
+    /// The topics the broker accepted on the current connection (none until its SUBACK), and
+    /// the last refusal if it refused one.
     subscribed: Vec<String>,
     subscription_error: Option<String>,
     plugin: Option<PluginLabel>,
@@ -46,6 +47,18 @@ pub struct PluginLabel {
 impl SourceWatch {
     fn state(&self) -> std::sync::MutexGuard<'_, SourceState> {
         self.state.lock().expect("source watch lock")
+    }
+
+    /// A connection is up; what it subscribes to is known once the broker answers.
+    pub fn connection_up(&self) {
+        self.state().subscribed.clear();
+        self.connected.store(true, Relaxed);
+    }
+
+    /// The connection is gone, and what was subscribed on it with it.
+    pub fn connection_down(&self) {
+        self.connected.store(false, Relaxed);
+        self.state().subscribed.clear();
     }
 
     pub fn subscribed(&self, accepted: Vec<String>, refused: Option<String>) {

@@ -276,12 +276,12 @@ impl Connection {
         if self.config.tls.as_ref().is_some_and(|t| t.insecure) {
             tracing::warn!(source = %self.name, endpoint = %self.endpoint, "connected WITHOUT verifying the broker's certificate (tls.insecure)");
         }
+        self.status.connection_up();
         tracing::info!(source = %self.name, endpoint = %self.endpoint, session_present, "connected to MQTT broker");
         self.connection += 1;
         self.connected = true;
         self.owed.clear();
         self.handed = 0;
-        self.status.connected.store(true, Ordering::Relaxed);
         (self.failures, self.connected_at) = (0, Some(Instant::now()));
         let news = self.session.connected(self.config.clean_start, session_present, &self.topics).await;
         self.report_session(news);
@@ -362,7 +362,7 @@ impl Connection {
 
     fn on_failure(&mut self, failure: Failure) {
         let (name, endpoint, client_id) = (&*self.name, &self.endpoint, &self.client_id);
-        self.status.connected.store(false, Ordering::Relaxed);
+        self.status.connection_down();
         self.connected = false;
         self.failures += 1;
         // Only a connection that held for a while earns a fresh, short backoff: one that the
@@ -427,7 +427,7 @@ impl Connection {
                 }
             }
         }
-        self.status.connected.store(false, Ordering::Relaxed);
+        self.status.connection_down();
         // Unfinished messages are not acknowledged: the broker delivers them again.
         tracing::info!(source = %self.name, endpoint = %self.endpoint, unfinished, "MQTT source stopped");
     }
