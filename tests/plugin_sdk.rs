@@ -1,6 +1,9 @@
-//! The plugin SDK's helpers (JSON reading, timestamps), compiled natively so that their unit
+//! The plugin SDK's helpers (JSON reading, timestamps, the arena allocator), compiled natively so that their unit
 //! tests run with the host's suite: the plugins themselves only build for wasm32-wasip2.
 
+#[allow(dead_code)]
+#[path = "../plugins/sdk/src/arena.rs"]
+mod arena;
 #[allow(dead_code)]
 #[path = "../plugins/sdk/src/json.rs"]
 mod json;

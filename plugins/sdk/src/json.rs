@@ -66,7 +66,8 @@ impl<'a> Obj<'a> {
     /// The value at `key`; JSON `null` counts as absent. With a key given twice, the last counts.
     pub fn get(&self, key: &str) -> Option<&'a Value<'a>> {
         let map: &'a Map<'a> = self.map;
-        map.iter().filter(|(k, _)| *k == key).last().map(|(_, v)| v).filter(|v| !v.is_null())
+        // From the end: the last of a repeated key counts, and the first match found is it.
+        map.as_vec().iter().rev().find(|(k, _)| &**k == key).map(|(_, v)| v).filter(|v| !v.is_null())
     }
 
     pub fn has(&self, key: &str) -> bool {

@@ -14,8 +14,15 @@ pub mod bindings {
     });
 }
 
+pub mod arena;
 pub mod json;
 pub mod time;
+
+// Plugins allocate through the arena unless they turn the `arena` feature off (to install an
+// allocator of their own). Only where there is one thread: the arena has no locks.
+#[cfg(all(feature = "arena", target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: arena::ArenaAllocator = arena::ArenaAllocator::new();
 
 pub use bindings::edge::plugin::host::{Level, log};
 pub use bindings::edge::plugin::types::{Message, PluginInfo, Position, TranslateError};

@@ -42,6 +42,10 @@ impl PluginEngine {
         // Plugins make one call at a time: without the component model's concurrent tasks, an
         // async call is one fiber switch, a third of a translation cheaper (docs/performance.md).
         config.concurrency_support(false);
+        // EDGE_WASM_PERFMAP=1: name the plugins' compiled functions for `perf` (/tmp/perf-<pid>.map).
+        if std::env::var_os("EDGE_WASM_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         // Async WASI: a plugin waiting in a host call (sleep, poll) can then be cut off at its
