@@ -165,6 +165,8 @@ impl Bench {
         let pid = self.edge().pid();
         result["rss_mb"] = (memory_kb(pid, "VmRSS") as f64 / 1024.0).into();
         result["peak_rss_mb"] = (memory_kb(pid, "VmHWM") as f64 / 1024.0).into();
+        // What edge itself holds, without the binary's code pages the kernel may drop.
+        result["private_mb"] = (memory_kb(pid, "RssAnon") as f64 / 1024.0).into();
         let out = support::repo().join("target/scale");
         std::fs::create_dir_all(&out).unwrap();
         std::fs::write(out.join(format!("{}.json", self.name)), result.to_string()).unwrap();

@@ -5,7 +5,7 @@
 //! (device map, transform) → [`spool`] → [`sink`] (Twinzo); [`runtime`] assembles them for
 //! `edge run` and [`cli`] wires everything into the `edge` binary. At the bottom, imported by
 //! the rest and importing none of it: [`model`] (types shared by stages), [`fleet`] (health of
-//! devices, sources and plants; conditions and events), [`text`], [`episode`], [`backoff`].
+//! devices, sources and plants; conditions and events), [`text`], [`episode`], [`backoff`], [`memory`].
 
 pub mod alert;
 pub mod backoff;
@@ -16,6 +16,7 @@ pub mod config;
 pub mod episode;
 pub mod fleet;
 pub mod http;
+pub mod memory;
 pub mod model;
 pub mod pipeline;
 pub mod plugin;

@@ -47,6 +47,21 @@ impl ComponentCache {
         wasm: &[u8],
         digest: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
+        let loaded = self.load_or_compile_retained(engine, wasm, digest);
+        if !matches!(loaded, Ok((_, CacheOutcome::Hit))) {
+            // cranelift and the entry's serialisation used and freed several MB per plugin,
+            // which glibc would keep resident.
+            crate::memory::release_freed_memory();
+        }
+        loaded
+    }
+
+    fn load_or_compile_retained(
+        &self,
+        engine: &Engine,
+        wasm: &[u8],
+        digest: &str,
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let Some(path) = self.entry(engine, digest) else {
             return Ok((Component::new(engine, wasm)?, CacheOutcome::Compiled));
         };
