@@ -47,44 +47,35 @@ impl ComponentCache {
         wasm: &[u8],
         digest: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
-        let loaded = self.load_or_compile_retained(engine, wasm, digest);
-        if !matches!(loaded, Ok((_, CacheOutcome::Hit))) {
-            // cranelift and the entry's serialisation used and freed several MB per plugin,
-            // which glibc would keep resident.
-            crate::memory::release_freed_memory();
+        let path = self.entry(engine, digest).filter(|path| {
+            let trust = trusted(path.parent().expect("cache entries live in a directory"), true);
+            if let Err(why) = &trust {
+                tracing::warn!(dir = %path.display(), "not using the compiled-plugin cache: {why}");
+            }
+            trust.is_ok()
+        });
+        if let Some(path) = &path {
+            match read_entry(path, digest) {
+                // SAFETY: the entry sits in a folder only this user can write, is not writable by
+                // others, and carries the seal of this very wasm (see the module comment).
+                // Read into memory rather than mapped: a file truncated under a running process
+                // would otherwise crash it with SIGBUS.
+                Ok(Some(compiled)) => match unsafe { Component::deserialize(engine, &compiled) } {
+                    Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                    Err(e) => discard(path, &e.to_string()),
+                },
+                Ok(None) => {}
+                Err(why) => discard(path, &why),
+            }
         }
-        loaded
-    }
-
-    fn load_or_compile_retained(
-        &self,
-        engine: &Engine,
-        wasm: &[u8],
-        digest: &str,
-    ) -> wasmtime::Result<(Component, CacheOutcome)> {
-        let Some(path) = self.entry(engine, digest) else {
-            return Ok((Component::new(engine, wasm)?, CacheOutcome::Compiled));
-        };
-        if let Err(why) = trusted(path.parent().expect("cache entries live in a directory"), true) {
-            tracing::warn!(dir = %path.display(), "not using the compiled-plugin cache: {why}");
-            return Ok((Component::new(engine, wasm)?, CacheOutcome::Compiled));
-        }
-        match read_entry(&path, digest) {
-            // SAFETY: the entry sits in a folder only this user can write, is not writable by
-            // others, and carries the seal of this very wasm (see the module comment).
-            // Read into memory rather than mapped: a file truncated under a running process
-            // would otherwise crash it with SIGBUS.
-            Ok(Some(compiled)) => match unsafe { Component::deserialize(engine, &compiled) } {
-                Ok(component) => return Ok((component, CacheOutcome::Hit)),
-                Err(e) => discard(&path, &e.to_string()),
-            },
-            Ok(None) => {}
-            Err(why) => discard(&path, &why),
-        }
-        let component = Component::new(engine, wasm)?;
-        if let Err(e) = store(&path, &sealed(digest, &component.serialize()?)) {
+        let (component, compiled) = compile(engine, wasm)?;
+        if let Some(path) = &path
+            && let Err(e) = store(path, &sealed(digest, &compiled))
+        {
             tracing::warn!(path = %path.display(), error = %e, "cannot write compiled-plugin cache entry; continuing without");
         }
+        drop(compiled);
+        crate::memory::release_freed_memory();
         Ok((component, CacheOutcome::Compiled))
     }
 
@@ -95,6 +86,17 @@ impl ComponentCache {
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
         Some(dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish())))
     }
+}
+
+/// Compiles `wasm` for `engine`: the component and its serialised form (a cache entry's body).
+/// The compiler runs in a throwaway engine of the same configuration, so that what it keeps
+/// for its next compilation (cranelift's contexts, several MB) goes when it is done, not
+/// for the process's life; the result loads into `engine` as a cache entry would.
+fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<(Component, Vec<u8>)> {
+    let compiled = Engine::new(engine.config())?.precompile_component(wasm)?;
+    // SAFETY: compiled a moment ago, in this process, by an engine configured as `engine`.
+    let component = unsafe { Component::deserialize(engine, &compiled)? };
+    Ok((component, compiled))
 }
 
 /// The seal of an entry: sha256 over the wasm's digest and the compiled bytes.
