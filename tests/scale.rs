@@ -80,6 +80,10 @@ impl Bench {
         support::write_private(&config, yaml);
         let mut bench = Bench { name, dir, broker, twinzo, config, http, edge: None };
         bench.start_edge();
+        if setup.restarted {
+            bench.edge.take().unwrap().stop();
+            bench.start_edge();
+        }
         bench
     }
 
@@ -234,11 +238,7 @@ fn live(name: &'static str, robots: usize, rate: &str, seconds: f64) {
 }
 
 fn live_over(name: &'static str, robots: usize, rate: &str, seconds: f64, setup: &Setup) {
-    let mut bench = Bench::start_with(name, robots, setup);
-    if setup.restarted {
-        bench.edge.take().unwrap().stop();
-        bench.start_edge();
-    }
+    let bench = Bench::start_with(name, robots, setup);
     let protocol = setup.protocol;
     let pid = bench.edge().pid();
     // Settle after start-up (device sign-ins, the first fleet judgements).
