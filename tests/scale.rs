@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::mosquitto::{Mosquitto, free_port};
-use support::process::{EdgeProcess, cpu_ticks, eventually, get_json, memory_kb};
-use support::twinzo::{API_KEY, BRANCH_1, Device, TwinzoStandIn};
+use support::process::{EdgeProcess, context_switches, cpu_ticks, eventually, get_json, memory_kb};
+use support::twinzo::{API_KEY, BRANCH_1, Device, TENANT, TwinzoStandIn};
 
 /// What the load generator reported (`edge sim --robots`).
 struct Published {
@@ -79,6 +79,10 @@ impl Bench {
         let config = dir.path().join("edge.yaml");
         support::write_private(&config, yaml);
         let mut bench = Bench { name, dir, broker, twinzo, config, http, edge: None };
+        if setup.bare_bridge {
+            bench.start_bare_bridge(&names);
+            return bench;
+        }
         bench.start_edge();
         if setup.restarted {
             bench.edge.take().unwrap().stop();
@@ -99,6 +103,26 @@ impl Bench {
         self.edge = Some(edge);
     }
 
+    /// runtime/examples/bare_bridge.rs in edge's place, taking the ATI source's topics.
+    fn start_bare_bridge(&mut self, robots: &[String]) {
+        let program = std::env::current_exe().unwrap().parent().unwrap().join("../examples/bare_bridge");
+        assert!(program.exists(), "{} is missing: cargo build --release --example bare_bridge", program.display());
+        let devices = self.dir.path().join("devices.json");
+        let passwords: HashMap<&String, String> = robots.iter().map(|r| (r, format!("pw-{r}"))).collect();
+        support::write_private(&devices, serde_json::to_string(&passwords).unwrap());
+        let mut command = Command::new(program);
+        command
+            .args(["--broker", &format!("127.0.0.1:{}", self.broker.port), "--twinzo", &self.twinzo.base_url()])
+            .args(["--client", TENANT, "--api-key", API_KEY, "--devices"])
+            .arg(&devices)
+            // e.g. `--worker-threads 0`, to see what the runtime's shape costs.
+            .args(std::env::var("BARE_BRIDGE_ARGS").unwrap_or_default().split_whitespace());
+        let bridge = EdgeProcess::spawn(command, self.dir.path().join("bare_bridge.log"));
+        bridge.wait_for_log("subscribed", Duration::from_secs(60));
+        self.edge = Some(bridge);
+    }
+
+    /// The process under measurement: edge, or the bare bridge in its place.
     fn edge(&self) -> &EdgeProcess {
         self.edge.as_ref().expect("edge runs")
     }
@@ -224,11 +248,17 @@ struct Setup {
     /// Restarted once before the load, so that the plugins come from the compiled-plugin cache
     /// as on every start but a plant's first.
     restarted: bool,
+    /// The bare bridge (runtime/examples/bare_bridge.rs) in edge's place: what one request per
+    /// position costs with the same crates and nothing else, the floor edge is measured against.
+    bare_bridge: bool,
 }
+
+const SHIPPED: Setup = Setup { protocol: "3.1.1", broker: "", restarted: false, bare_bridge: false };
+const BARE_BRIDGE: Setup = Setup { bare_bridge: true, ..SHIPPED };
 
 impl Default for Setup {
     fn default() -> Self {
-        Setup { protocol: "3.1.1", broker: "", restarted: false }
+        SHIPPED
     }
 }
 
@@ -244,22 +274,24 @@ fn live_over(name: &'static str, robots: usize, rate: &str, seconds: f64, setup:
     // Settle after start-up (device sign-ins, the first fleet judgements).
     std::thread::sleep(Duration::from_secs(3));
     let profile = Profile::start(name, pid);
-    let (cpu0, t0) = (cpu_ticks(pid), Instant::now());
+    let (cpu0, switches0, t0) = (cpu_ticks(pid), context_switches(pid), Instant::now());
     let published = bench.publish(robots, rate, seconds, None);
     let last = bench.wait_delivered(published.acknowledged, Duration::from_secs(120));
     let cpu_s = (cpu_ticks(pid) - cpu0) as f64 / ticks_per_s();
+    let switches = context_switches(pid).saturating_sub(switches0);
     drop(profile);
     let wall = last.saturating_duration_since(t0).as_secs_f64().max(published.seconds);
     let (unique, duplicates) = bench.delivered();
     assert_eq!(published.per_robot.values().sum::<u64>(), published.acknowledged, "the broker acknowledged everything");
     bench.save(json!({
-        "robots": robots, "rate": rate, "seconds": seconds, "protocol": protocol, "broker": setup.broker.trim(), "restarted": setup.restarted,
+        "robots": robots, "rate": rate, "seconds": seconds, "protocol": protocol, "broker": setup.broker.trim(), "restarted": setup.restarted, "bare_bridge": setup.bare_bridge,
         "published": published.acknowledged, "delivered": unique, "duplicates": duplicates,
         "lost": published.acknowledged.saturating_sub(unique),
         "delivered_per_s": unique as f64 / wall,
         "latency_ms": bench.latency_ms(),
         "cpu_us_per_position": cpu_s * 1e6 / unique.max(1) as f64,
         "cpu_percent": cpu_s / wall * 100.0,
+        "switches_per_position": switches as f64 / unique.max(1) as f64,
     }));
 }
 
@@ -281,6 +313,15 @@ fn live_1000_robots_1_hz() {
     live("live_1000x1hz", 1000, "1", 30.0);
     let restarted = Setup { restarted: true, ..Setup::default() };
     live_over("live_1000x1hz_restarted", 1000, "1", 30.0, &restarted);
+}
+
+/// The floor under the live rows: the bare bridge at the same loads, one request per position
+/// with edge's crates and nothing else.
+#[test]
+#[ignore = "a benchmark: bench/scale runs it"]
+fn live_floor_bare_bridge() {
+    live_over("live_200x1hz_bare_bridge", 200, "1", 30.0, &BARE_BRIDGE);
+    live_over("live_1000x1hz_bare_bridge", 1000, "1", 30.0, &BARE_BRIDGE);
 }
 
 /// 20,000 positions a second from 50 robots: with the shipped defaults, and with a broker that

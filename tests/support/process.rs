@@ -19,18 +19,20 @@ impl EdgeProcess {
 
     /// Starts with these environment variables set.
     pub fn start_with_env(config: &Path, env: &[(&str, String)]) -> Self {
-        let log = config.with_extension("log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_edge"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_edge"));
+        command
             .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("run")
             .arg(config)
             .env("EDGE_LOG", std::env::var("TEST_EDGE_LOG").unwrap_or_else(|_| "info,rumqttd=warn,edge=debug".into()))
-            .env_remove("EDGE_LOG_FORMAT")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
+            .env_remove("EDGE_LOG_FORMAT");
+        Self::spawn(command, config.with_extension("log"))
+    }
+
+    /// Another program, handled the same way (a benchmark's baseline), its stderr into `log`.
+    pub fn spawn(mut command: Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).unwrap();
+        let child = command.stdout(Stdio::null()).stderr(file).spawn().unwrap();
         EdgeProcess { child: Some(child), log }
     }
 
@@ -129,7 +131,26 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 
 /// Resident memory of process `pid` now (`VmRSS`) or at its peak (`VmHWM`), in KiB.
 pub fn memory_kb(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    status_field(&format!("/proc/{pid}/status"), key)
+}
+
+/// Context switches of every thread of process `pid` so far, voluntary or not: each is a wake-up
+/// or a preemption. (A thread's count goes with it when it exits.)
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .map(|task| {
+            let status = task.path().join("status");
+            let status = status.to_string_lossy();
+            status_field(&status, "voluntary_ctxt_switches") + status_field(&status, "nonvoluntary_ctxt_switches")
+        })
+        .sum()
+}
+
+/// A numeric field of a /proc status file (`key:  value [unit]`), 0 when absent.
+fn status_field(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.split_whitespace().next()?.parse().ok())
