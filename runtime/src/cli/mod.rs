@@ -72,6 +72,13 @@ enum Command {
     },
     /// Print the manual page (roff): `edge man > /usr/local/share/man/man1/edge.1`.
     Man,
+    /// Internal to `edge run`: compile the plugin component on stdin for this host, its native
+    /// code to stdout (the compiler's memory then leaves with this process).
+    #[command(name = "compile-plugin", hide = true)]
+    CompilePlugin {
+        #[arg(long)]
+        max_wasm_stack: usize,
+    },
 }
 
 /// `edge --version`: the build, and the plugin contract it accepts (what a vendor asks first).
@@ -113,6 +120,7 @@ pub fn main() -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::CompilePlugin { max_wasm_stack } => crate::plugin::compiler_main(max_wasm_stack),
         Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
             .render(&mut std::io::stdout())
             .map(|()| ExitCode::SUCCESS)
@@ -178,4 +186,15 @@ fn default_cache_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
     Some(base.join("edge").join("components"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compiler_child_command_is_the_one_edge_run_spawns() {
+        let cli = Cli::try_parse_from(["edge", crate::plugin::COMPILER_COMMAND, "--max-wasm-stack", "4096"]).unwrap();
+        assert!(matches!(cli.command, Command::CompilePlugin { max_wasm_stack: 4096 }));
+    }
 }

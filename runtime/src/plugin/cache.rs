@@ -7,6 +7,7 @@
 //! corrupted file nor another plugin's entry renamed into place is run, with or without a
 //! `sha256` pin). Otherwise the plugin is compiled afresh.
 
+use super::compiler::Compiler;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -32,12 +33,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone)]
 pub struct ComponentCache {
     dir: Option<PathBuf>,
+    compiler: Compiler,
 }
 
 impl ComponentCache {
-    /// A cache in `dir` (created 0700 on first write), or none.
-    pub fn new(dir: Option<PathBuf>) -> Self {
-        ComponentCache { dir }
+    /// A cache in `dir` (created 0700 on first write), or none; what it lacks, `compiler` makes.
+    pub fn new(dir: Option<PathBuf>, compiler: Compiler) -> Self {
+        ComponentCache { dir, compiler }
     }
 
     /// The compiled component for `wasm` (whose sha256 is `digest`).
@@ -68,7 +70,9 @@ impl ComponentCache {
                 Err(why) => discard(path, &why),
             }
         }
-        let (component, compiled) = compile(engine, wasm)?;
+        let compiled = self.compiler.compile(engine.config(), wasm)?;
+        // SAFETY: compiled a moment ago by this very binary, for an engine configured as `engine`.
+        let component = unsafe { Component::deserialize(engine, &compiled)? };
         if let Some(path) = &path
             && let Err(e) = store(path, &sealed(digest, &compiled))
         {
@@ -86,17 +90,6 @@ impl ComponentCache {
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
         Some(dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish())))
     }
-}
-
-/// Compiles `wasm` for `engine`: the component and its serialised form (a cache entry's body).
-/// The compiler runs in a throwaway engine of the same configuration, so that what it keeps
-/// for its next compilation (cranelift's contexts, several MB) goes when it is done, not
-/// for the process's life; the result loads into `engine` as a cache entry would.
-fn compile(engine: &Engine, wasm: &[u8]) -> wasmtime::Result<(Component, Vec<u8>)> {
-    let compiled = Engine::new(engine.config())?.precompile_component(wasm)?;
-    // SAFETY: compiled a moment ago, in this process, by an engine configured as `engine`.
-    let component = unsafe { Component::deserialize(engine, &compiled)? };
-    Ok((component, compiled))
 }
 
 /// The seal of an entry: sha256 over the wasm's digest and the compiled bytes.
@@ -169,7 +162,7 @@ mod tests {
     #[test]
     fn a_second_load_is_a_hit() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = ComponentCache::new(Some(dir.path().join("c")));
+        let cache = ComponentCache::new(Some(dir.path().join("c")), Compiler::InProcess);
         let wasm = wat::parse_str(WASM_A).unwrap();
         let digest = sha256_hex(&wasm);
         assert_eq!(cache.load_or_compile(&engine(), &wasm, &digest).unwrap().1, CacheOutcome::Compiled);
@@ -179,7 +172,7 @@ mod tests {
     #[test]
     fn an_entry_from_another_plugin_renamed_into_place_is_not_run() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = ComponentCache::new(Some(dir.path().join("c")));
+        let cache = ComponentCache::new(Some(dir.path().join("c")), Compiler::InProcess);
         let (engine, a) = (engine(), wat::parse_str(WASM_A).unwrap());
         let b = wat::parse_str("(component (core module))").unwrap();
         let (da, db) = (sha256_hex(&a), sha256_hex(&b));
@@ -194,7 +187,7 @@ mod tests {
     fn a_folder_others_may_write_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().join("c");
-        let cache = ComponentCache::new(Some(folder.clone()));
+        let cache = ComponentCache::new(Some(folder.clone()), Compiler::InProcess);
         let wasm = wat::parse_str(WASM_A).unwrap();
         let digest = sha256_hex(&wasm);
         cache.load_or_compile(&engine(), &wasm, &digest).unwrap();

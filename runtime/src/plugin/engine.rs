@@ -3,6 +3,7 @@
 
 use super::bindings::{VendorPlugin, VendorPluginPre};
 use super::cache::{CacheOutcome, ComponentCache, sha256_hex};
+use super::compiler::Compiler;
 use super::contract::{ComponentSummary, ContractProblem};
 use super::error::LoadError;
 use super::instance::PluginInstance;
@@ -34,19 +35,37 @@ struct EngineInner {
     limits: SandboxLimits,
 }
 
+/// The engine's configuration, here and in a compiler child process alike.
+pub(super) fn engine_config(max_wasm_stack: usize) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true).max_wasm_stack(max_wasm_stack);
+    // Plugins make one call at a time: without the component model's concurrent tasks, an
+    // async call is one fiber switch, a third of a translation cheaper (docs/performance.md).
+    config.concurrency_support(false);
+    // EDGE_WASM_PERFMAP=1: name the plugins' compiled functions for `perf` (/tmp/perf-<pid>.map).
+    if std::env::var_os("EDGE_WASM_PERFMAP").is_some() {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
+    config
+}
+
 impl PluginEngine {
-    /// An engine with these limits, caching compiled plugins in `cache_dir` when given.
+    /// An engine with these limits, caching compiled plugins in `cache_dir` when given, and
+    /// compiling in this process.
     pub fn new(limits: SandboxLimits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        let mut config = Config::new();
-        config.epoch_interruption(true).max_wasm_stack(limits.max_wasm_stack);
-        // Plugins make one call at a time: without the component model's concurrent tasks, an
-        // async call is one fiber switch, a third of a translation cheaper (docs/performance.md).
-        config.concurrency_support(false);
-        // EDGE_WASM_PERFMAP=1: name the plugins' compiled functions for `perf` (/tmp/perf-<pid>.map).
-        if std::env::var_os("EDGE_WASM_PERFMAP").is_some() {
-            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-        }
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e}"))?;
+        Self::with_compiler(limits, cache_dir, Compiler::InProcess)
+    }
+
+    /// As [`new`](Self::new), compiling in a child process (see [`Compiler::Child`]): for a
+    /// long-running process.
+    pub fn compiling_in_child(limits: SandboxLimits, cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let compiler = Compiler::Child { max_wasm_stack: limits.max_wasm_stack };
+        Self::with_compiler(limits, cache_dir, compiler)
+    }
+
+    fn with_compiler(limits: SandboxLimits, cache_dir: Option<PathBuf>, compiler: Compiler) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(limits.max_wasm_stack))
+            .map_err(|e| anyhow::anyhow!("cannot create the wasm engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         // Async WASI: a plugin waiting in a host call (sleep, poll) can then be cut off at its
         // deadline, which the epoch interruption alone cannot do (it stops wasm code only).
@@ -55,7 +74,7 @@ impl PluginEngine {
             .map_err(|e| anyhow::anyhow!("linking the edge:plugin host interface: {e}"))?;
         start_epoch_ticker(&engine);
         Ok(PluginEngine {
-            inner: Arc::new(EngineInner { engine, linker, cache: ComponentCache::new(cache_dir), limits }),
+            inner: Arc::new(EngineInner { engine, linker, cache: ComponentCache::new(cache_dir, compiler), limits }),
         })
     }
 

@@ -7,6 +7,7 @@
 mod bindings;
 mod cache;
 pub mod catalog;
+mod compiler;
 mod contract;
 mod deadline;
 mod engine;
@@ -17,6 +18,7 @@ mod sandbox;
 
 pub use cache::{CacheOutcome, sha256_hex};
 pub use catalog::{Catalog, CatalogFile};
+pub use compiler::{CHILD_COMMAND as COMPILER_COMMAND, child_main as compiler_main};
 pub use contract::{CONTRACT_PACKAGE, CONTRACT_VERSION, ComponentSummary};
 pub use engine::{LoadedPlugin, PluginEngine, PluginInfo};
 pub use error::{CallError, LoadError};

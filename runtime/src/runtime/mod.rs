@@ -42,7 +42,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let metrics = crate::http::install_metrics()?;
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| anyhow::anyhow!("cannot create state_dir {}: {e}", config.state_dir.display()))?;
-    let engine = PluginEngine::new(sandbox_limits(&config), Some(config.state_dir.join("compiled")))?;
+    let engine = PluginEngine::compiling_in_child(sandbox_limits(&config), Some(config.state_dir.join("compiled")))?;
     if let Some(broker) = config.embedded_broker.clone() {
         tokio::task::spawn_blocking(move || crate::broker::start(&broker)).await??;
     }
