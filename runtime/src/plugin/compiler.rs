@@ -1,7 +1,7 @@
 //! Where cranelift runs: in this process, or in a short-lived child of this very binary
 //! (`edge compile-plugin`, hidden) whose memory goes back to the system when it exits.
 //!
-//! `edge run` uses the child: compiling touches 5-7 MiB of the compiler's code pages and heap
+//! `edge run` uses the child: compiling touches 6-11 MiB of the compiler's code pages and heap
 //! that a long-running process would otherwise carry for its life (docs/performance.md,
 //! "Memory"). Short commands compile in process.
 
