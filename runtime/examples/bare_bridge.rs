@@ -15,6 +15,12 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::Duration;
 
+// The plugin SDK's time parser (the source file the plugins build with), compiled natively as
+// runtime/benches/hot_paths.rs does.
+#[allow(dead_code, unused_imports)]
+#[path = "../../plugins/sdk/src/time.rs"]
+mod time;
+
 #[derive(Parser)]
 struct Args {
     #[arg(long)]
@@ -59,7 +65,7 @@ struct Token {
 /// A device's post headers and its last position (for `IsMoving` and `Interval`).
 struct Device {
     headers: HeaderMap,
-    last: Option<(i64, f64, f64)>,
+    last: Option<(u64, f64, f64)>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -170,10 +176,10 @@ async fn sign_in(http: &reqwest::Client, args: &Args, login: &str, password: &st
 /// The one-location array Twinzo takes, from an ATI status (pose in metres, mm on the wire).
 fn location(device: &mut Device, payload: &[u8], sector: i64) -> Option<Vec<u8>> {
     let status: Status = serde_json::from_slice(payload).ok()?;
-    let timestamp = epoch_ms(&status.timestamp)?;
+    let timestamp = time::parse_rfc3339_ms(&status.timestamp, None).ok()?;
     let (x, y) = (status.pose[0] * 1000.0, status.pose[1] * 1000.0);
     let (moving, interval) = match device.last {
-        Some((t, lx, ly)) => ((x - lx).hypot(y - ly) > 50.0, (timestamp - t).clamp(100, 60_000)),
+        Some((t, lx, ly)) => ((x - lx).hypot(y - ly) > 50.0, timestamp.saturating_sub(t).clamp(100, 60_000)),
         None => (false, 1000),
     };
     device.last = Some((timestamp, x, y));
@@ -191,18 +197,4 @@ async fn post(request: reqwest::RequestBuilder) -> anyhow::Result<()> {
         Some(true) => Ok(()),
         _ => Err(anyhow!("refused: {}", answer["ErrorMessage"])),
     }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` as epoch ms (Howard Hinnant's days_from_civil).
-fn epoch_ms(text: &str) -> Option<i64> {
-    let n = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
-    let (year, month, day) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (h, m, s, milli) = (n(11..13)?, n(14..16)?, n(17..19)?, n(20..23).unwrap_or(0));
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 24 + h) * 60 + m) * 60_000 + s * 1000 + milli)
 }
