@@ -205,18 +205,22 @@ impl Bench {
 }
 
 /// With SCALE_PERF set, `perf record` of edge for the load's duration, into
-/// target/scale/<scenario>.perf.data (`perf report -i` it).
+/// target/scale/<scenario>.perf.data (`perf report -i` it). `SCALE_PERF=dwarf` unwinds
+/// through DWARF, so user-space time is charged to its callers (the release build has no
+/// frame pointers, and `-g` stops at the first user-space frame).
 struct Profile(Option<std::process::Child>);
 
 impl Profile {
     fn start(name: &str, pid: u32) -> Self {
-        if std::env::var_os("SCALE_PERF").is_none() {
+        let Some(mode) = std::env::var_os("SCALE_PERF") else {
             return Profile(None);
-        }
+        };
+        let call_graph = if mode == "dwarf" { "dwarf,32768" } else { "fp" };
         let out = support::repo().join("target/scale");
         std::fs::create_dir_all(&out).unwrap();
         let child = Command::new("perf")
-            .args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+            .args(["record", "-e", "cpu-clock", "-F", "999", "--call-graph", call_graph])
+            .args(["-p", &pid.to_string(), "-o"])
             .arg(out.join(format!("{name}.perf.data")))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
