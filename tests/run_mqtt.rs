@@ -5,7 +5,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::mosquitto::{Mosquitto, free_port};
+use support::mosquitto::Mosquitto;
+use support::ports::free_port;
 use support::mqtt::Publisher;
 use support::process::{EdgeProcess, eventually, http_get, wait_subscribed};
 use support::tls::TestCa;

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::mosquitto::{Mosquitto, free_port};
+use support::mosquitto::Mosquitto;
+use support::ports::free_port;
 use support::process::{EdgeProcess, context_switches, cpu_ticks, eventually, get_json, memory_kb};
 use support::twinzo::{API_KEY, BRANCH_1, Device, TENANT, TwinzoStandIn};
 

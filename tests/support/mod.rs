@@ -5,6 +5,7 @@
 pub mod browser;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod tls;

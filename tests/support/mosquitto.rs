@@ -1,6 +1,7 @@
 //! A real mosquitto broker (Debian package) on a free port, started and stopped by a test.
 
-use std::net::{TcpListener, TcpStream};
+use super::ports::free_port;
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,11 +11,8 @@ pub struct Mosquitto {
     child: Option<Child>,
     dir: tempfile::TempDir,
     extra: String,
-}
-
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    /// Set once it has run: from then on clients know its port, and a restart must keep it.
+    started: bool,
 }
 
 impl Mosquitto {
@@ -26,7 +24,7 @@ impl Mosquitto {
     /// A broker with extra mosquitto.conf lines for its listener (TLS files, ACLs).
     pub fn with_config(extra: &str) -> Self {
         let mut broker =
-            Mosquitto { port: free_port(), child: None, dir: tempfile::tempdir().unwrap(), extra: extra.to_string() };
+            Mosquitto { port: free_port(), child: None, dir: tempfile::tempdir().unwrap(), extra: extra.to_string(), started: false };
         broker.launch();
         broker
     }
@@ -54,7 +52,26 @@ impl Mosquitto {
         self.dir.path()
     }
 
+    /// Starts mosquitto on `self.port`. A first start whose port another process took in the
+    /// meantime (mosquitto exits at once) moves to a fresh port; a restart keeps its port, as
+    /// clients reconnect to it, and tries again until the port is free.
     fn launch(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.spawn_and_wait(deadline) {
+                Ok(()) => {
+                    self.started = true;
+                    return;
+                }
+                Err(log) if Instant::now() >= deadline => panic!("mosquitto did not start: {log}"),
+                Err(_) if !self.started => self.port = free_port(),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Spawns mosquitto and waits until it accepts connections; `Err` (its log) when it exits.
+    fn spawn_and_wait(&mut self, deadline: Instant) -> Result<(), String> {
         let conf = self.dir.path().join("mosquitto.conf");
         let text =
             format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n{}\n", self.port, self.extra);
@@ -63,18 +80,20 @@ impl Mosquitto {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("mosquitto is not installed: apt-get install -y mosquitto (scripts/install-deps does it)");
-        let log = std::fs::File::create(self.dir.path().join("mosquitto.log")).unwrap();
-        let child = Command::new(binary).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log).spawn().unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let log_path = self.dir.path().join("mosquitto.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(binary).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+        let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not start: {}",
-                std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
-            );
+            if child.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(log());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
+        Ok(())
     }
 
     pub fn stop(&mut self) {

@@ -104,9 +104,11 @@ impl TwinzoStandIn {
             recorded: Recorded::default(),
             next_token: 1,
         }));
-        let addr = SocketAddr::from(([127, 0, 0, 1], super::mosquitto::free_port()));
+        // Port 0: the kernel picks one nobody holds, with no window for another test to take it.
+        let listener = runtime.block_on(super::ports::listen(SocketAddr::from(([127, 0, 0, 1], 0))));
+        let addr = listener.local_addr().unwrap();
         let standin = TwinzoStandIn { addr, inner, server: Mutex::new(None), runtime };
-        standin.come_back();
+        standin.serve(listener);
         standin
     }
 
@@ -124,13 +126,11 @@ impl TwinzoStandIn {
 
     /// Listens again on the same address.
     pub fn come_back(&self) {
-        let (inner, addr) = (self.inner.clone(), self.addr);
-        let listener = self.runtime.block_on(async move {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.set_reuseaddr(true).unwrap();
-            socket.bind(addr).unwrap();
-            socket.listen(128).unwrap()
-        });
+        self.serve(self.runtime.block_on(super::ports::listen(self.addr)));
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let inner = self.inner.clone();
         let app = axum::Router::new()
             .route("/v3/authorization/authenticate", post(authenticate))
             .route("/v3/localization", post(localization))

@@ -26,7 +26,7 @@ impl WebhookReceiver {
     /// A receiver on a free port, not listening until [`come_up`](Self::come_up).
     pub fn down() -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], super::mosquitto::free_port()));
+        let addr = SocketAddr::from(([127, 0, 0, 1], super::ports::free_port()));
         WebhookReceiver { addr, inner: Arc::default(), server: Mutex::new(None), runtime }
     }
 
@@ -40,14 +40,11 @@ impl WebhookReceiver {
     pub fn come_up(&self) {
         let app = axum::Router::new().route("/services/{*rest}", post(take)).with_state(self.inner.clone());
         let addr = self.addr;
+        let listener = self.runtime.block_on(super::ports::listen(addr));
         let server = self.runtime.spawn(async move {
-            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
             axum::serve(listener, app).await.unwrap();
         });
         *self.server.lock().unwrap() = Some(server);
-        while std::net::TcpStream::connect(addr).is_err() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
     }
 
     /// Each answer comes this late.
