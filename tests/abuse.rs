@@ -7,8 +7,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 use support::mosquitto::Mosquitto;
-use support::ports::free_port;
 use support::mqtt::Publisher;
+use support::ports::free_port;
 use support::process::{EdgeProcess, eventually, http_get, wait_subscribed};
 use support::twinzo::{API_KEY, BRANCH_1, Device, TwinzoStandIn};
 

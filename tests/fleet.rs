@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 use support::browser::Browser;
 use support::mosquitto::Mosquitto;
-use support::ports::free_port;
 use support::mqtt::Publisher;
+use support::ports::free_port;
 use support::process::{EdgeProcess, eventually, http_get};
 use support::webhook::WebhookReceiver;
 

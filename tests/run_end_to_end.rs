@@ -6,8 +6,8 @@ mod support;
 use serde_json::Value;
 use std::time::Duration;
 use support::mosquitto::Mosquitto;
-use support::ports::free_port;
 use support::mqtt::Publisher;
+use support::ports::free_port;
 use support::process::{EdgeProcess, eventually, http_get};
 use support::twinzo::{API_KEY, BRANCH_1, BRANCH_2, Device, TwinzoStandIn};
 

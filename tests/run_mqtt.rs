@@ -6,8 +6,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::mosquitto::Mosquitto;
-use support::ports::free_port;
 use support::mqtt::Publisher;
+use support::ports::free_port;
 use support::process::{EdgeProcess, eventually, http_get, wait_subscribed};
 use support::tls::TestCa;
 

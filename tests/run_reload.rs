@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 use support::mosquitto::Mosquitto;
-use support::ports::free_port;
 use support::mqtt::Publisher;
+use support::ports::free_port;
 use support::process::{EdgeProcess, eventually, get_json};
 use support::twinzo::{API_KEY, BRANCH_1, Device, TwinzoStandIn};
 

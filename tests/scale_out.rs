@@ -9,8 +9,8 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::mosquitto::Mosquitto;
-use support::ports::free_port;
 use support::mqtt::Publisher;
+use support::ports::free_port;
 use support::process::{EdgeProcess, eventually, get_json};
 use support::twinzo::{API_KEY, BRANCH_1, Device, TwinzoStandIn};
 

@@ -23,8 +23,13 @@ impl Mosquitto {
 
     /// A broker with extra mosquitto.conf lines for its listener (TLS files, ACLs).
     pub fn with_config(extra: &str) -> Self {
-        let mut broker =
-            Mosquitto { port: free_port(), child: None, dir: tempfile::tempdir().unwrap(), extra: extra.to_string(), started: false };
+        let mut broker = Mosquitto {
+            port: free_port(),
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.to_string(),
+            started: false,
+        };
         broker.launch();
         broker
     }
