@@ -169,6 +169,28 @@ fn main() {
 
     fleet_view();
     per_device();
+    twinzo_answer();
+}
+
+/// Decoding one of Twinzo's brotli answers to a post of one location, as reqwest does for
+/// every response: a fresh decoder each time (its state, Huffman tables and ring buffer).
+fn twinzo_answer() {
+    let answer = serde_json::json!({"Login": "tugger-01", "Success": true,
+        "Locations": [{"Timestamp": 1_762_488_626_815u64, "Action": "Create", "Success": true}]});
+    let mut compressed = Vec::new();
+    {
+        // As the service (and tests/support/twinzo.rs) compresses: quality 5, a 4 MiB window.
+        let mut writer = brotli::CompressorWriter::new(&mut compressed, 4096, 5, 22);
+        std::io::Write::write_all(&mut writer, answer.to_string().as_bytes()).unwrap();
+    }
+    report(
+        &format!("Twinzo answer: brotli decode, fresh decoder ({} B)", compressed.len()),
+        measure(100_000, || {
+            let mut body = Vec::with_capacity(256);
+            std::io::Read::read_to_end(&mut brotli::Decompressor::new(&compressed[..], 4096), &mut body).unwrap();
+            black_box(body);
+        }),
+    );
 }
 
 /// What each device costs in memory while nothing happens: its worker's task (a future that
