@@ -20,7 +20,7 @@ pub fn free_port() -> u16 {
 
 /// Marks `port` as used by this process for good, so that [`free_port`] never hands it out
 /// (a server that goes down and comes back keeps its port); false if it already was.
-pub fn keep_port(port: u16) -> bool {
+fn keep_port(port: u16) -> bool {
     static KEPT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     KEPT.lock().unwrap().insert(port)
 }

@@ -39,8 +39,7 @@ impl WebhookReceiver {
 
     pub fn come_up(&self) {
         let app = axum::Router::new().route("/services/{*rest}", post(take)).with_state(self.inner.clone());
-        let addr = self.addr;
-        let listener = self.runtime.block_on(super::ports::listen(addr));
+        let listener = self.runtime.block_on(super::ports::listen(self.addr));
         let server = self.runtime.spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
